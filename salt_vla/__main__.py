@@ -1,0 +1,3 @@
+from salt_vla.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The latent cache: build, verify, info; store format and memory-mapped reader."""

@@ -1,0 +1,1 @@
+"""SSv2 index, video decoding, deterministic views and synthetic datasets."""

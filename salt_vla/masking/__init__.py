@@ -1,0 +1,1 @@
+"""Multiblock-3D, ratio, tube and random masks, and their collation."""

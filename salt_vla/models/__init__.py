@@ -1,0 +1,1 @@
+"""Teacher (VideoMAEv2), student (ViT on tubelets) and predictor."""

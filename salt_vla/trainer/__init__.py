@@ -1,0 +1,1 @@
+"""Experiments, training loop, optimisation, checkpoints and logging."""
