@@ -1,0 +1,206 @@
+"""The frozen-encoder attentive probe: learns what is there, finds nothing where nothing is,
+and `salt eval probe` runs end to end on a tiny synthetic dataset.
+
+Tiny on purpose: features of 8 tokens x 32 dims for the probe tests; a dozen 8-frame 32 px
+videos for the feature and CLI tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from salt_vla.cli import app
+from salt_vla.data.view import VIEW_PRESETS
+from salt_vla.eval.encoders import EncoderError, resolve_encoder
+from salt_vla.eval.features import compute_features
+from salt_vla.eval.probe import (
+    AttentiveProbe,
+    ProbeConfig,
+    lr_at,
+    probe_heads,
+    topk_correct,
+    train_probe,
+)
+
+TINY_VIEW = VIEW_PRESETS["tiny-8x64"]
+K = 4
+
+
+def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise tokens plus a class-specific direction in every token: linearly separable."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % K
+    x = rng.normal(size=(n, 8, 32)).astype(np.float32)
+    x[np.arange(n), :, y] += 3.0
+    return x, y
+
+
+def test_probe_learns_a_separable_feature_set() -> None:
+    tx, ty = _separable(128, 0)
+    vx, vy = _separable(64, 1)
+    res = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=15, batch_size=16, lr=3e-3))
+    assert res.top1 >= 0.95, f"probe failed a trivially separable set: {res.history}"
+    assert res.top5 == 1.0 and res.top5_k == K  # fewer than 5 classes: top-K is everything
+    assert res.val_clips == 64 and res.train_clips == 128 and res.num_classes == K
+    assert len(res.history) == 15
+
+
+def test_attentive4_probe_also_learns_it() -> None:
+    tx, ty = _separable(96, 2)
+    vx, vy = _separable(48, 3)
+    cfg = ProbeConfig(kind="attentive4", epochs=8, batch_size=16, lr=3e-3, heads=4)
+    res = train_probe(tx, ty, vx, vy, K, cfg)
+    assert res.top1 >= 0.9, f"attentive4 failed a separable set: {res.history}"
+    assert len(AttentiveProbe(32, K, cfg).blocks) == 3  # 3 self-attention + 1 cross-attention
+
+
+def test_probe_is_near_chance_on_shuffled_labels() -> None:
+    tx, _ = _separable(128, 0)
+    vx, _ = _separable(200, 1)
+    rng = np.random.default_rng(7)
+    ty, vy = rng.integers(0, K, 128), rng.integers(0, K, 200)  # labels unrelated to features
+    res = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=15, batch_size=16, lr=3e-3))
+    assert 0.1 <= res.top1 <= 0.42, f"val top-1 {res.top1} on random labels is not ~chance 0.25"
+
+
+def test_probe_is_deterministic_given_seed() -> None:
+    tx, ty = _separable(32, 0)
+    cfg = ProbeConfig(epochs=2, batch_size=8)
+    a = train_probe(tx, ty, tx, ty, K, cfg)
+    b = train_probe(tx, ty, tx, ty, K, cfg)
+    assert a.history == b.history
+
+
+def test_topk_correct_counts_exactly() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.1, 0.3, 0.2]])
+    labels = torch.tensor([1, 2, 0])
+    assert topk_correct(logits, labels, 1) == 1  # only row 0
+    assert topk_correct(logits, labels, 2) == 2  # row 1: its label is 2nd; row 2: 3rd
+    assert topk_correct(logits, labels, 5) == 3  # k capped at the number of classes
+
+
+def test_heads_schedule_and_config_checks() -> None:
+    assert probe_heads(192, 16) == 16 and probe_heads(100, 16) == 10 and probe_heads(7, 16) == 7
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 10, 1.0) < 0.01
+    with pytest.raises(ValueError, match="attentive"):
+        ProbeConfig(kind="linear")
+    with pytest.raises(ValueError, match="labels"):
+        train_probe(*_separable(8, 0), *_separable(8, 1), 2, ProbeConfig(epochs=1))
+
+
+# --- encoders, features and the CLI on a tiny synthetic dataset -----------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_ssv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from salt_vla.data.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("eval_probe") / "ds"
+    cfg = SynthConfig(videos=16, classes=2, frames=8, height=32, width=32, seed=1,
+                      splits=(0.5, 0.5, 0.0))
+    generate_dataset(root, cfg, workers=1)
+    return root
+
+
+def make_run_dir(path: Path) -> Path:
+    """A run directory as `salt train` leaves it, for the `tiny` preset, without training."""
+    from salt_vla.trainer.build import build_model
+    from salt_vla.trainer.checkpoint import save_checkpoint
+    from salt_vla.trainer.experiments import PRESETS
+
+    cfg = PRESETS["tiny"]
+    torch.manual_seed(3)
+    model = build_model(cfg, TINY_VIEW.num_frames, TINY_VIEW.size)
+    save_checkpoint(path / "ckpt.pt", {"student": model.student.state_dict(),
+                                       "predictor": model.predictor.state_dict(),
+                                       "config": cfg.to_dict(), "step": 5})
+    (path / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "data": {}}))
+    return path
+
+
+def test_encoders_resolve_and_refuse(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="--view-preset"):
+        resolve_encoder("random:tiny")
+    with pytest.raises(EncoderError, match="random:ARCH"):
+        resolve_encoder("random:huge", TINY_VIEW)
+    with pytest.raises(EncoderError, match="no such run"):
+        resolve_encoder(str(tmp_path / "nope"), TINY_VIEW)
+    frames = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
+    a, b = resolve_encoder("random:tiny", TINY_VIEW), resolve_encoder("random:tiny:0", TINY_VIEW)
+    assert torch.equal(a.features(frames), b.features(frames))  # same seed, same baseline
+    assert not torch.equal(a.features(frames), resolve_encoder("random:tiny:1", TINY_VIEW)
+                           .features(frames))
+    teacher = resolve_encoder("teacher:random:vit_tiny:0", TINY_VIEW)
+    assert teacher.features(frames).shape == (2, 64, 192) and teacher.kind == "teacher"
+    assert a.key() != teacher.key()
+
+
+def test_run_dir_encoder_is_the_trained_student(tmp_path: Path) -> None:
+    from salt_vla.trainer.checkpoint import load_checkpoint
+    from salt_vla.trainer.experiments import PRESETS
+
+    run = make_run_dir(tmp_path)
+    enc = resolve_encoder(str(run))
+    assert enc.view == TINY_VIEW and enc.describe["step"] == 5
+    from salt_vla.models.student import Student
+    from salt_vla.trainer.build import student_config
+
+    student = Student(student_config(PRESETS["tiny"], 8, 64))
+    student.load_state_dict(load_checkpoint(run / "ckpt.pt")["student"])
+    frames = torch.randint(0, 256, (1, 8, 64, 64, 3), dtype=torch.uint8)
+    from salt_vla.models.pixels import frames_to_input
+
+    with torch.no_grad():
+        want = student.eval().forward_features(frames_to_input(frames))
+    torch.testing.assert_close(enc.features(frames), want)
+    with pytest.raises(EncoderError, match="frames"):
+        resolve_encoder(str(run), VIEW_PRESETS["ssv2-16x224"])
+
+
+def test_features_are_computed_once_and_reused(tiny_ssv2: Path, tmp_path: Path) -> None:
+    enc = resolve_encoder("random:tiny", TINY_VIEW)
+    fs = compute_features(enc, tiny_ssv2, "validation", batch_size=4, cache_dir=tmp_path)
+    assert fs.features.shape == (len(fs), 64, 192) and fs.features.dtype == np.float16
+    assert len(fs) == 8 and fs.num_classes == 2 and not fs.failed and not fs.reused
+    again = compute_features(enc, tiny_ssv2, "validation", cache_dir=tmp_path)
+    assert again.reused and again.ids == fs.ids
+    np.testing.assert_array_equal(again.features, fs.features)
+    np.testing.assert_array_equal(again.labels, fs.labels)
+    in_memory = compute_features(enc, tiny_ssv2, "validation", limit=3)
+    np.testing.assert_array_equal(in_memory.features, fs.features[:3])
+
+
+def test_cli_help_lists_every_option() -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--help"])
+    assert res.exit_code == 0 and "probe" in res.output and "intphys" in res.output
+    res = runner.invoke(app, ["eval", "probe", "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for opt in ("--encoder", "--data", "--train-split", "--val-split", "--view-preset",
+                "--epochs", "--probe", "--batch-size", "--lr", "--seed", "--out"):
+        assert opt in res.output, f"{opt} missing from `salt eval probe --help`"
+
+
+def test_cli_probe_runs_on_a_tiny_dataset(tiny_ssv2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    res = CliRunner().invoke(app, [
+        "eval", "probe", "--encoder", "random:tiny", "--data", str(tiny_ssv2), "--view-preset",
+        "tiny-8x64", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "top-1" in res.output and str(out) in res.output
+    result = json.loads(out.read_text())
+    assert result["val"]["clips"] == 8 and result["train"]["clips"] == 8
+    assert result["num_classes"] == 2 and 0.0 <= result["top1"] <= 1.0
+    assert result["encoder"]["kind"] == "random" and len(result["history"]) == 2
+    bad = CliRunner().invoke(app, ["eval", "probe", "--encoder", "random:tiny", "--data",
+                                   str(tiny_ssv2)])
+    assert bad.exit_code == 1 and "--view-preset" in bad.output
