@@ -55,3 +55,68 @@ def sample_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SampleV
         write_webm(path, _moving_square(t, h, w, seed), fps=12, keyframe_interval=keyframes)
         videos[name] = SampleVideo(path, t, h, w, 12)
     return videos
+
+
+# --- cache fixtures ---
+
+CACHE_BAD_VIDEOS = {"103": "zero-byte", "107": "truncated", "112": "text"}
+
+
+@pytest.fixture(scope="session")
+def cache_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SSv2-layout root: 10 tiny VP9 clips plus 3 corrupt files (zero-byte, truncated, text
+    renamed .webm) in train.json, placed so each lands in a different 4-row shard."""
+    import json
+
+    from salt_vla.data.video import write_webm
+
+    root = tmp_path_factory.mktemp("cache_data")
+    (root / "videos").mkdir()
+    classes = ["Pushing something from left to right", "Pushing something from right to left"]
+    (root / "labels.json").write_text(json.dumps({c: str(i) for i, c in enumerate(classes)}))
+    entries = []
+    good = None
+    for i in range(13):
+        vid = str(101 + i)
+        path = root / "videos" / f"{vid}.webm"
+        kind = CACHE_BAD_VIDEOS.get(vid)
+        if kind is None:
+            write_webm(path, _moving_square(10, 48, 64, seed=i), fps=12)
+            good = path
+        elif kind == "zero-byte":
+            path.write_bytes(b"")
+        elif kind == "truncated":
+            assert good is not None
+            data = good.read_bytes()
+            path.write_bytes(data[: len(data) // 3])
+        else:
+            path.write_text("this is not a video\n")
+        template = classes[i % 2].replace("something", "[something]")
+        entries.append({"id": vid, "label": template.replace("[something]", "a cup"),
+                        "template": template, "placeholders": ["a cup"]})
+    (root / "train.json").write_text(json.dumps(entries))
+    (root / "validation.json").write_text("[]")
+    (root / "test.json").write_text("[]")
+    return root
+
+
+CACHE_BUILD_ARGS = ["--split", "train", "--teacher", "random:vit_tiny:0", "--view-preset",
+                    "tiny-8x64", "--shard-size", "4", "--batch-size", "3", "--workers", "1",
+                    "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def cache_store(cache_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store `salt cache build <root> CACHE_BUILD_ARGS` makes, built once in-process."""
+    from salt_vla.cache.build import BuildConfig, build_cache
+    from salt_vla.cache.pipeline import PipelineConfig
+    from salt_vla.data.view import VIEW_PRESETS
+
+    out = tmp_path_factory.mktemp("cache_store") / "store"
+    cfg = BuildConfig(data_root=cache_data_root, out=out, teacher="random:vit_tiny:0",
+                      view=VIEW_PRESETS["tiny-8x64"], shard_size=4, device="cpu",
+                      pipeline=PipelineConfig(batch_size=3, workers=1),
+                      command=("salt", "cache", "build", "(test fixture)"),
+                      show_progress=False)
+    build_cache(cfg, log=lambda msg: None)
+    return out
