@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test lint bench-index
+.PHONY: install demo test lint
 
 # torch/torchvision are pinned by constraints.txt so no resolve can pull another torch.
 $(VENV)/.installed: pyproject.toml constraints.txt
