@@ -120,3 +120,51 @@ def cache_store(cache_data_root: Path, tmp_path_factory: pytest.TempPathFactory)
                       show_progress=False)
     build_cache(cfg, log=lambda msg: None)
     return out
+
+
+# --- sweep / status / report fixtures ---
+
+
+@pytest.fixture
+def make_run():
+    """Fabricate a `salt train` run directory without training: config.json (a real preset's
+    resolved config), metrics.jsonl (one record per logged step, as MetricsLogger writes
+    them) and heartbeat.json. ``norm_losses`` are the logged normalised losses (loss = 10x);
+    ``status`` None writes no heartbeat."""
+    import json
+    import os
+    import time
+
+    from salt_vla.trainer.experiments import resolve
+
+    def make(run_dir: Path, exp: str = "tiny", norm_losses: list[float] | None = None,
+             total: int | None = None, status: str | None = "finished", pid: int | None = None,
+             heartbeat_age: float = 0.0, log_every: int = 10, sets: list[str] | None = None,
+             lr: float = 1e-3) -> Path:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = resolve(exp, sets or [])
+        norm_losses = [0.9, 0.8, 0.7] if norm_losses is None else norm_losses
+        total = total if total is not None else log_every * len(norm_losses)
+        now = time.time()
+        (run_dir / "config.json").write_text(json.dumps(
+            {"config": cfg.to_dict(), "total_steps": total, "world_size": 1, "device": "cpu"}))
+        n = len(norm_losses)
+        with open(run_dir / "metrics.jsonl", "w") as f:
+            f.write(json.dumps({"step": 0, "event": f"{exp}: started"}) + "\n")
+            for i, v in enumerate(norm_losses):
+                step = (i + 1) * log_every
+                f.write(json.dumps({
+                    "step": step, "time": now - heartbeat_age - 5.0 * (n - 1 - i),
+                    "loss": 10 * v, "norm_loss": v, "cos": 1 - v, "lr": lr * (1 - i / (n + 1)),
+                    "wd": 0.04, "grad_norm": 1.0, "epoch": step / max(total, 1),
+                    "clips_per_s": 100.0 + i, "data_wait": 0.1, "eta_s": 5.0 * (n - 1 - i),
+                    "skipped": 0}) + "\n")
+        if status is not None:
+            step = log_every * n
+            (run_dir / "heartbeat.json").write_text(json.dumps({
+                "pid": os.getpid() if pid is None else pid, "host": __import__("platform").node(),
+                "status": status, "step": step, "total": total, "started": now - 100,
+                "time": now - heartbeat_age, "ckpt_step": step, "error": None}))
+        return run_dir
+
+    return make
