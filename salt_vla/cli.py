@@ -1234,6 +1234,370 @@ def _data_synth_intphys(
     say(f"pairs: {out / 'pairs.json'}")
 
 
+# --- sweep / status / report / export ---------------------------------------------------
+
+
+@app.command(
+    "sweep",
+    help="Run a queue of training runs with decision rules, e.g. the built-in `seed` sweep: "
+    "baseline (the reference) -> exp1 -> exp3 if exp1 beats the baseline, else exp2 -> the "
+    "best config for --final-epochs. Decisions use a smoothed metric (mean normalised loss "
+    "over the last K logged steps, compared at a common step; or probe top-1), never one "
+    "batch. Each run is `salt train --resume auto` in a subprocess writing SWEEP_DIR/<run>/ "
+    "(log in train.log); the queue state is SWEEP_DIR/sweep.json, so re-running the same "
+    "command after a crash resumes it. Ctrl-C asks the running run to checkpoint and stop. "
+    "Spec format: `salt sweep seed --show-spec`. Exit code 0 when every stage finished.",
+)
+def sweep_cmd(
+    spec: str = typer.Argument(
+        ..., help="A TOML spec file (YAML if PyYAML is installed), or `seed` (built in).",
+        show_default=False,
+    ),
+    sweep_dir: Path | None = typer.Option(
+        None, "--dir", help="Sweep directory (runs + queue state). Default: runs/sweep-<name>.",
+        show_default=False,
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Print the plan, each run's command and the decision each rule takes given the "
+        "runs finished so far; launch and write nothing.",
+    ),
+    show_spec: bool = typer.Option(
+        False, "--show-spec", help="Print the spec as TOML (for `seed`: to copy and edit)."
+    ),
+    final_epochs: int | None = typer.Option(
+        None, "--final-epochs", help="`seed` only: epochs of the final run (default 15).",
+        show_default=False,
+    ),
+    reference: Path | None = typer.Option(
+        None, "--reference",
+        help="`seed` only: an existing finished baseline run directory to compare against "
+        "instead of training the baseline.", show_default=False,
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="--cache passed to every run (replaces the spec's `cache`).",
+        show_default=False,
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="--data passed to every run (replaces the spec's `data`).",
+        show_default=False,
+    ),
+    sets: list[str] = typer.Option(
+        [], "--set",
+        help="KEY=VALUE added to every run's overrides (repeatable); give the same ones when "
+        "resuming.", show_default=False,
+    ),
+    launcher: str | None = typer.Option(
+        None, "--launcher",
+        help="Command prefix for every run, e.g. 'torchrun --nproc_per_node 8' (replaces the "
+        "spec's `launcher`).", show_default=False,
+    ),
+    poll: float = typer.Option(60.0, "--poll", help="Seconds between progress lines."),
+) -> None:
+    from salt_vla.trainer.sweep import (
+        SweepError,
+        format_plan,
+        load_spec,
+        run_sweep,
+        seed_spec_text,
+    )
+
+    if show_spec:
+        if spec == "seed":
+            say(seed_spec_text(final_epochs or 15).rstrip())
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise fail(f"sweep spec {path}: no such file")
+            say(path.read_text().rstrip())
+        return
+    try:
+        overrides = {"cache": str(cache) if cache else None, "data": str(data) if data else None,
+                     "set": list(sets), "launcher": launcher}
+        parsed = load_spec(spec, final_epochs, reference, overrides)
+        where = sweep_dir if sweep_dir is not None else Path("runs") / f"sweep-{parsed.name}"
+        say(f"sweep dir: {where.resolve()}  "
+            f"({'--dir' if sweep_dir is not None else 'default runs/sweep-<name>'})")
+        if dry_run:
+            for line in format_plan(parsed, where):
+                say(line)
+            return
+        code = run_sweep(parsed, where, echo=say, poll=poll)
+    except SweepError as e:
+        raise fail(str(e)) from None
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(
+    "status",
+    help="Is a run alive? For a run directory: alive/stalled/dead/finished (from its "
+    "heartbeat.json: pid alive on this host and heartbeat fresh), step/total, last and "
+    "smoothed losses, clips/s, ETA, last checkpoint, peak GPU memory. For a sweep directory: "
+    "every stage, its decision and whether the sweep process runs. A folder of runs: each. "
+    "Exit code: 0 healthy (running, or finished with finite losses); 1 stalled, dead, failed, "
+    "stopped or a sweep that stopped early; 2 ended with a non-finite loss.",
+)
+def status_cmd(
+    path: Path = typer.Argument(
+        Path("runs"), help="RUN_DIR, SWEEP_DIR, or a folder of either.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts)."),
+    stall_after: float | None = typer.Option(
+        None, "--stall-after",
+        help="Seconds without a heartbeat after which a run counts as stalled. Default: 5x "
+        "the median time between its logged steps, at least 600.", show_default=False,
+    ),
+    window: int = typer.Option(20, "--window", help="Logged values averaged for 'smoothed'."),
+) -> None:
+    import json
+
+    from salt_vla.trainer.run_status import (
+        RunStatusError,
+        format_status,
+        status_json,
+        status_of,
+    )
+    from salt_vla.trainer.sweep import SweepError
+
+    try:
+        result = status_of(path.expanduser(), stall_after, window)
+    except (RunStatusError, SweepError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        say(json.dumps(status_json(result), indent=1))
+    else:
+        for line in format_status(result):
+            say(line)
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command(
+    "report",
+    help="Compare runs: a Markdown table (config differences, best and final smoothed "
+    "normalised loss, probe top-1 from RUN/probe*.json, median clips/s, peak GPU memory) and "
+    "PNG plots of loss, normalised loss and learning rate vs step for all runs on shared axes, "
+    "written beside the report as <stem>-loss.png, <stem>-norm_loss.png, <stem>-lr.png.",
+)
+def report_cmd(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories to compare; a sweep directory stands for all its runs.",
+        show_default=False,
+    ),
+    out: Path = typer.Option(Path("report.md"), "--out", help="Markdown file to write."),
+    window: int = typer.Option(
+        20, "--window", help="Logged values averaged for the smoothed numbers and curves."
+    ),
+) -> None:
+    from salt_vla.trainer.report import ReportError, write_report
+
+    try:
+        rep = write_report([r.expanduser() for r in runs], out.expanduser(), window)
+    except ReportError as e:
+        raise fail(str(e)) from None
+    say(f"report: {rep.markdown.resolve()}  ({'--out' if out != Path('report.md') else 'default'})")
+    for p in rep.plots:
+        say(f"plot: {p.resolve()}")
+
+
+@app.command(
+    "export",
+    help="Export a run's student encoder for use outside salt-vla (e.g. a robot policy): "
+    "weights as .safetensors with the architecture, input format, training view and "
+    "provenance as JSON in its metadata and in a sidecar .json. Load it with "
+    "`salt_vla.load_encoder(path)`: forward(video) -> (tokens [B,N,D], pooled [B,D]) for uint8 "
+    "[B,T,H,W,3] frames or normalised float [B,3,T,H,W]. See docs/export.md.",
+)
+def export_cmd(
+    run: Path = typer.Argument(..., help="RUN_DIR (its ckpt.pt) or a checkpoint file.",
+                               show_default=False),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output .safetensors file. Default: RUN_DIR/encoder.safetensors.",
+        show_default=False,
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Stored weight type: float32, bfloat16 or float16."
+    ),
+) -> None:
+    import torch
+
+    from salt_vla.export import ExportError, export_encoder
+
+    types = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in types:
+        raise fail(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    say(f"run: {run}  (from RUN)")
+    try:
+        res = export_encoder(run, out, types[dtype])
+    except ExportError as e:
+        raise fail(str(e)) from None
+    c = res.config
+    say(f"encoder: {c['student']['size']} student, {c['embed_dim']} wide, {c['depth']} blocks, "
+        f"{res.num_params / 1e6:.2f} M parameters, {c['dtype']}; step {c['source']['step']} of "
+        f"exp {c['source']['exp']}")
+    say(f"input: {c['input']['uint8']} (uint8) or normalised float; tokens {c['num_tokens']} "
+        f"(grid {'x'.join(map(str, c['grid']))})")
+    say(f"weights: {res.weights.resolve()}  ({'--out' if out else 'default RUN_DIR'})")
+    say(f"config: {res.sidecar.resolve()}")
+
+
+# --- teacher ----------------------------------------------------------------------------
+
+teacher_app = typer.Typer(
+    help="SALT stage 1: train the teacher itself by VideoMAE-style pixel reconstruction "
+    "under block masks ('V-Pixel') and export it as a VideoMAEv2 checkpoint that `salt cache "
+    "build --teacher-ckpt` loads.",
+    no_args_is_help=True,
+)
+app.add_typer(teacher_app, name="teacher")
+
+TeacherSetOpt = typer.Option(
+    [],
+    "--set",
+    help="Override one teacher config key, KEY=VALUE (repeatable), e.g. --set epochs=100 "
+    "--set mask_strategy=multiblock. Values are type-checked; unknown keys are refused with "
+    "the list of valid keys (see `salt teacher show NAME`). --set lr=X turns off the "
+    "batch scaling (blr).",
+    show_default=False,
+)
+
+
+@teacher_app.command(
+    "show",
+    help="Without NAME: list the teacher presets. With NAME: print every key of its resolved "
+    "config (after any --set overrides).",
+)
+def teacher_show(
+    name: str | None = typer.Argument(
+        None, help="Teacher preset (teacher-tiny, teacher-base).", show_default=False
+    ),
+    sets: list[str] = TeacherSetOpt,
+) -> None:
+    from salt_vla.trainer.experiments import ConfigError, describe
+    from salt_vla.trainer.teacher_experiments import TEACHER_PRESETS, resolve_teacher
+
+    if name is None:
+        width = max(len(n) for n in TEACHER_PRESETS)
+        for preset, cfg in TEACHER_PRESETS.items():
+            say(f"{preset.ljust(width)}  {cfg.notes}")
+        return
+    try:
+        cfg = resolve_teacher(name, sets)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    say(f"# {name}: {cfg.notes}")
+    for line in describe(cfg):
+        say(line)
+
+
+@teacher_app.command(
+    "train",
+    help="Stage 1: train a VideoMAEv2 encoder on the visible tokens + a light decoder over "
+    "all tokens to reconstruct the per-patch normalised pixels of the masked tubelets, on "
+    "clips decoded straight from the videos under --data through the preset's view. Same "
+    "loop as `salt train`: config.json, metrics.jsonl, ckpt.pt (atomic, every ckpt_every "
+    "steps and at the end), exact --resume; unreadable videos are skipped and listed in "
+    "RUN_DIR/decode_failures.jsonl. On the last step the encoder is written to "
+    "RUN_DIR/teacher.pth (official VideoMAEv2 keys) with its sha256. Multi-GPU: `torchrun "
+    "--nproc_per_node N $(which salt) teacher train ...`.",
+)
+def teacher_train_cmd(
+    exp: str = typer.Option(
+        ..., "--exp", help="Teacher preset: teacher-tiny (CPU demo) or teacher-base (ViT-B, "
+        "16x224). See `salt teacher show`.", show_default=False
+    ),
+    data: Path | None = DataOpt,
+    split: str = typer.Option("train", "--split", help="Split whose videos to train on."),
+    sets: list[str] = TeacherSetOpt,
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory. Default: runs/<exp> under the current directory.",
+        show_default=False,
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its checkpoint, exactly (error if it has none). "
+        "`--resume auto`: continue if there is a checkpoint, else start fresh. `--resume "
+        "CKPT`: continue from that checkpoint file. Without --resume a run directory that "
+        "already holds a checkpoint is refused.",
+    ),
+    resume_from: str | None = typer.Argument(
+        None, metavar="[auto|CKPT]", help="Only after --resume: `auto` or a checkpoint path.",
+        show_default=False,
+    ),
+    wandb: str | None = typer.Option(
+        None, "--wandb", help="online | offline | disabled. Default: disabled unless "
+        "WANDB_MODE or WANDB_API_KEY is set.", show_default=False,
+    ),
+) -> None:
+    import os
+
+    from salt_vla.data.ssv2 import SSv2Error
+    from salt_vla.trainer.checkpoint import CheckpointError
+    from salt_vla.trainer.experiments import ConfigError
+    from salt_vla.trainer.loop import NonFiniteLoss, RunSpec
+    from salt_vla.trainer.metrics_log import resolve_wandb_mode
+    from salt_vla.trainer.teacher_experiments import resolve_teacher
+    from salt_vla.trainer.teacher_export import TeacherExportError
+    from salt_vla.trainer.teacher_train import train_teacher
+    from salt_vla.trainer.video_source import ClipSourceError
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    echo = say if main_rank else (lambda s: None)
+    if resume_from is not None and not resume:
+        raise fail(f"unexpected argument {resume_from!r} (did you mean --resume {resume_from}?)")
+    try:
+        cfg = resolve_teacher(exp, sets)
+        mode = resolve_wandb_mode(wandb)
+    except (ConfigError, ValueError) as e:
+        raise fail(str(e)) from None
+    run_dir = out if out is not None else Path("runs") / exp
+    echo(f"run dir: {run_dir}  ({'--out' if out is not None else 'default runs/<exp>'})")
+    root = resolve_data_root(data)
+    if main_rank:
+        show_resolved("data root", root)
+    run = RunSpec(
+        out=run_dir, data=root.path, split=split,
+        resume=("yes" if resume_from is None else resume_from) if resume else None, wandb=mode,
+    )
+    try:
+        train_teacher(cfg, run, echo=echo)
+    except (ConfigError, CheckpointError, NonFiniteLoss, ClipSourceError, SSv2Error,
+            TeacherExportError) as e:
+        raise fail(str(e)) from None
+
+
+@teacher_app.command(
+    "export",
+    help="Write a `salt teacher train` run's encoder as a VideoMAEv2 checkpoint (official "
+    "fine-tune key layout: patch_embed.proj, blocks.N.attn.qkv + q_bias/v_bias, ...; bare "
+    "state dict), check that the teacher loader accepts it with its strict key check, and "
+    "record its sha256 in OUT.sha256 (sha256sum format) and provenance in OUT.json. Works on "
+    "a run stopped early too (exports its last checkpoint).",
+)
+def teacher_export_cmd(
+    run: Path = typer.Argument(..., help="RUN_DIR (its ckpt.pt) or a checkpoint file.",
+                               show_default=False),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output file (.pth; .safetensors writes safetensors). Default: "
+        "RUN_DIR/teacher.pth.", show_default=False,
+    ),
+) -> None:
+    from salt_vla.trainer.teacher_export import TeacherExportError, export_teacher
+
+    say(f"run: {run}  (from RUN)")
+    try:
+        res = export_teacher(run, out)
+    except TeacherExportError as e:
+        raise fail(str(e)) from None
+    s = res.spec
+    say(f"teacher: VideoMAEv2 {s.arch}, {s.num_frames} frames x {s.img_size} px, tubelet "
+        f"{s.tubelet}, patch {s.patch}; step {res.step}/{res.total_steps}")
+    say(f"weights: {res.path.resolve()}  ({'--out' if out else 'default RUN_DIR/teacher.pth'})")
+    say(f"sha256: {res.sha256}  ({res.sha_path.resolve()})")
+    say(f"next: {res.cache_command()}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,399 @@
+"""The SALT training loop, top to bottom.
+
+    setup -> resume? -> data -> models -> optimiser -> for each step:
+        schedules -> (micro-batches: frames -> [teacher] -> student/predictor -> backward)
+        -> finite? -> clip -> AdamW step -> log -> checkpoint
+
+Everything that decides *what* is computed (data order, masks, schedules) is a pure function
+of (config, step), and the checkpoint holds the rest (weights, optimiser, RNG), so a resumed
+run continues exactly where the checkpoint left it.
+
+What is trained comes from a ``Task`` (``task.py``): stage 2's student + predictor by
+default; the stage-1 pixel teacher reuses this loop unchanged. Rank 0 writes config.json,
+metrics.jsonl, heartbeat.json (``heartbeat.py``: alive / finished / stopped / failed) and
+the checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from salt_vla.masking.collator import MaskCollator
+from salt_vla.models.pixels import frames_to_input
+from salt_vla.trainer import distributed as dist_utils
+from salt_vla.trainer.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from salt_vla.trainer.data import (
+    BatchFeeder,
+    ClipDataset,
+    StreamBatches,
+    StreamLayout,
+    make_loader,
+    plan_loader,
+    shm_free_bytes,
+)
+from salt_vla.trainer.experiments import ConfigError, diff
+from salt_vla.trainer.heartbeat import Heartbeat
+from salt_vla.trainer.interrupt import StopRequest
+from salt_vla.trainer.metrics_log import MetricsLogger
+from salt_vla.trainer.optim import build_optimizer, set_schedules
+from salt_vla.trainer.sources import DataSources
+from salt_vla.trainer.task import SALT_TASK, Task
+
+CONFIG_NAME = "config.json"
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped on a non-finite loss or gradient (after ``skip_nonfinite`` skips)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where a run reads and writes.
+
+    ``resume``: None (refuse a run dir that already has a checkpoint), ``"auto"`` (resume if
+    there is one), ``"yes"`` (there must be one) or a checkpoint file path.
+    """
+
+    out: Path
+    cache: Path | None = None
+    data: Path | None = None
+    split: str = "train"
+    resume: str | None = None
+    wandb: str = "disabled"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)  # per step, this process's view
+    norm_losses: list[float] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def find_resume(run: RunSpec) -> Path | None:
+    """The checkpoint to resume from, per ``run.resume`` (see :class:`RunSpec`)."""
+    latest = checkpoint_path(run.out)
+    if run.resume is None:
+        if latest.exists():
+            raise CheckpointError(
+                f"{run.out} already holds a checkpoint ({latest}); pass --resume to continue "
+                "that run, or choose another --out"
+            )
+        return None
+    if run.resume == "auto":
+        return latest if latest.exists() else None
+    if run.resume == "yes":
+        if not latest.exists():
+            raise CheckpointError(
+                f"--resume: no checkpoint in {run.out}; use --resume auto to start fresh "
+                "when there is none"
+            )
+        return latest
+    path = Path(run.resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such checkpoint file")
+    return path
+
+
+def write_run_config(run_dir: Path, cfg: Any, extra: dict[str, Any]) -> Path:
+    """``run_dir/config.json``: the resolved config plus where the run got its data."""
+    path = run_dir / CONFIG_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"config": cfg.to_dict(), **extra}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (weights stay fp32), nothing on CPU."""
+    if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ConfigError("precision='bf16' needs CUDA; on CPU training runs in fp32")
+    return contextlib.nullcontext()
+
+
+def train(
+    cfg: Any,
+    run: RunSpec,
+    sources: DataSources | None = None,
+    echo: Callable[[str], None] = print,
+    task: Task = SALT_TASK,
+) -> TrainResult:
+    """Train per ``cfg`` (a :class:`TrainConfig` for the default SALT task); see the module
+    docstring. ``sources`` (tests, benchmarks) replaces opening the store/videos named by
+    ``run``; ``task`` says what is trained (see ``task.py``)."""
+    info = dist_utils.setup_distributed(cfg.device)
+    try:
+        return _train(cfg, run, sources, echo if info.is_main else (lambda s: None), info, task)
+    finally:
+        dist_utils.teardown_distributed()
+
+
+def _train(
+    cfg: Any,
+    run: RunSpec,
+    sources: DataSources | None,
+    echo: Callable[[str], None],
+    info: dist_utils.DistInfo,
+    task: Task,
+) -> TrainResult:
+    device = info.device
+    run_dir = Path(run.out)
+    if device.type == "cuda":  # fp32 leftovers outside autocast may use TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # --- resume: the checkpoint fixes the config (runtime-only keys may change)
+    resume_from = find_resume(run)
+    state = load_checkpoint(resume_from) if resume_from else None
+    if state is not None:
+        saved = task.config_type.from_dict(state["config"])
+        changed = diff(saved, cfg)
+        if changed:
+            raise ConfigError(
+                f"{resume_from} was trained with a different config ({'; '.join(changed)}); "
+                "resume with the same --exp/--set, or start a new run with another --out"
+            )
+
+    # --- data: store (or videos for online targets), checked against the config
+    if sources is None:
+        sources = task.open_sources(cfg, run, echo)
+    rows = sources.rows[: cfg.limit_rows] if cfg.limit_rows else sources.rows
+    layout = StreamLayout(len(rows), cfg.batch_size, info.world_size, cfg.grad_accum)
+    total = cfg.max_steps or layout.steps_for(cfg.epochs)
+    if total <= 0:
+        raise ConfigError(
+            f"{cfg.epochs} epoch(s) of {len(rows)} rows at batch_size={cfg.batch_size} is no "
+            "optimiser step; lower batch_size or set max_steps"
+        )
+    if state is not None and state["data"]["num_rows"] != len(rows):
+        raise CheckpointError(
+            f"{resume_from} was trained on {state['data']['num_rows']} rows but the data now "
+            f"has {len(rows)}; resume needs the same store (and limit_rows)"
+        )
+
+    # --- models: same init on every rank (DDP also broadcasts rank 0's weights)
+    torch.manual_seed(cfg.seed)
+    model = task.build(cfg, sources).to(device)
+    parts = task.parts(model)  # e.g. student + predictor: optimised and checkpointed by name
+    optimizer = build_optimizer(parts.values(), cfg, device)
+    start_step = 0
+    if state is not None:
+        missing = [name for name in parts if name not in state]
+        if missing:
+            raise CheckpointError(
+                f"{resume_from} has no {missing} weights: it was written by another kind of "
+                f"run ({state.get('task', 'salt')!r}, this is {task.name!r})"
+            )
+        for name, module in parts.items():
+            module.load_state_dict(state[name])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        rngs = state["rng"]
+        restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+    else:
+        torch.manual_seed(cfg.seed * 1000 + info.rank)  # per-rank stream (drop path)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else model
+    forward = torch.compile(ddp, dynamic=True) if cfg.compile else ddp
+    params = [p for p in model.parameters() if p.requires_grad]
+    teacher = task.make_teacher(cfg, sources, device)  # online targets only
+
+    # --- the batch stream from the resume position on
+    collate = MaskCollator(task.mask_config(cfg), sources.grid, seed=cfg.seed)
+    end = min(total, cfg.stop_at) if cfg.stop_at else total
+    batches = StreamBatches(layout, info.rank, cfg.seed, start_step, end)
+    clip_bytes = sources.num_frames * sources.img_size**2 * 3
+    workers, threads, shm_warning = plan_loader(
+        cfg.num_workers, cfg.decode_threads, cfg.prefetch_factor,
+        layout.micro_batch * clip_bytes, shm_free_bytes(),
+    )
+    if shm_warning:
+        echo(f"warning: {shm_warning}")
+    loader = make_loader(
+        ClipDataset(sources.frames, rows, threads), batches, collate, workers,
+        cfg.prefetch_factor, pin_memory=device.type == "cuda",
+    )
+
+    logger = heartbeat = None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(run_dir, cfg, {
+            "task": task.name, "data": sources.describe, "world_size": info.world_size,
+            "device": str(device),
+            "micro_batch": layout.micro_batch, "total_steps": total, "rows": len(rows),
+            "loader": {"workers": workers, "decode_threads": threads},
+            "torch": torch.__version__, "host": platform.node(),
+        })
+        logger = MetricsLogger(
+            run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
+            resume_step=start_step, echo=echo,
+        )
+        heartbeat = Heartbeat(run_dir, total)
+        heartbeat.start(start_step)
+        what = f"resumed from {resume_from} at step {start_step}" if state else "started"
+        logger.event(start_step, f"{cfg.name}: {what}; {total} steps of {cfg.batch_size} clips "
+                     f"({layout.micro_batch} per micro-batch x {cfg.grad_accum} accum x "
+                     f"{info.world_size} procs) on {device}; run dir {run_dir}")
+
+    def checkpoint(step: int, path: Path) -> Path:
+        rngs = dist_utils.gather_objects(capture_rng(), info)  # every rank calls this
+        if info.is_main:
+            save_checkpoint(path, {
+                **{name: module.state_dict() for name, module in parts.items()},
+                "task": task.name,
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "total_steps": total,
+                "config": cfg.to_dict(),
+                "rng": rngs,
+                "world_size": info.world_size,
+                "data": {"position": step * cfg.batch_size, "epoch": layout.epoch_at(step),
+                         "num_rows": len(rows), "seed": cfg.seed},
+            })
+        return path
+
+    result = TrainResult(run_dir, start_step, start_step, total)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, normalised loss, cosine since last log
+    n_logged, nonfinite = 0, 0
+    feeder = None
+    model.train()
+    try:
+        # Started last: from here on its thread and workers run ahead of the steps.
+        feeder = BatchFeeder(loader, None if teacher else sources.targets, device.type == "cuda")
+        t_last, wait = time.perf_counter(), 0.0
+        with StopRequest() as stop:
+            for step in range(start_step, end):
+                lr, wd = set_schedules(optimizer, step, total, cfg)
+                stats = torch.zeros(3, device=device)
+                for micro in range(cfg.grad_accum):
+                    t0 = time.perf_counter()
+                    batch = next(feeder).to(device)
+                    wait += time.perf_counter() - t0
+                    x = frames_to_input(batch.frames)
+                    targets = teacher.targets(x) if teacher is not None else batch.targets
+                    sync = micro == cfg.grad_accum - 1 or not info.enabled
+                    with contextlib.nullcontext() if sync else ddp.no_sync():
+                        with autocast_for(cfg, device):
+                            loss, s = forward(x, batch.masks, targets)
+                        (loss / cfg.grad_accum).backward()
+                    stats += s.float() / cfg.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+                )
+                values = stats.tolist()
+                ok = math.isfinite(values[0]) and bool(torch.isfinite(grad_norm).item())
+                # One collective: every rank takes the same skip / stop branch.
+                finite, go_on = dist_utils.all_min([int(ok), int(not stop.requested)], info)
+                done = step + 1
+                if not finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    nonfinite += 1
+                    what = f"non-finite loss/gradient (loss {values[0]}) at step {done}"
+                    if nonfinite > cfg.skip_nonfinite:
+                        path = checkpoint(step, run_dir / f"nonfinite-step{done}.pt")
+                        raise NonFiniteLoss(
+                            f"{what}, rows {batch.rows.tolist()[:8]}...: stopped after "
+                            f"{nonfinite} such step(s) (skip_nonfinite={cfg.skip_nonfinite}). "
+                            f"Saved the state before that step to {path}; the last regular "
+                            f"checkpoint is {checkpoint_path(run_dir)}. Lower lr, keep "
+                            "grad_clip on, or check the store with `salt cache verify`."
+                        )
+                    if logger:
+                        logger.event(done, f"{what}: step skipped ({nonfinite}/"
+                                     f"{cfg.skip_nonfinite} tolerated)")
+                else:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    result.losses.append(values[0])
+                    result.norm_losses.append(values[1])
+                    sums += torch.tensor(values, dtype=torch.float64)
+                    n_logged += 1
+                result.step = done
+                if heartbeat:
+                    heartbeat.beat(done)
+
+                if n_logged and (done % cfg.log_every == 0 or done == end or not go_on):
+                    means = dist_utils.all_reduce_mean(sums.to(device) / n_logged, info).tolist()
+                    now = time.perf_counter()
+                    elapsed = now - t_last
+                    if logger:
+                        record = {
+                            "loss": means[0], "norm_loss": means[1], "cos": means[2],
+                            "lr": lr, "wd": wd, "grad_norm": float(grad_norm),
+                            "epoch": round(layout.epoch_at(done), 4),
+                            "clips_per_s": cfg.batch_size * n_logged / elapsed,
+                            "data_wait": min(wait / elapsed, 1.0),
+                            "eta_s": (total - done) * elapsed / n_logged,
+                            "skipped": nonfinite,
+                        }
+                        if device.type == "cuda":
+                            record["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                        logger.log(done, record)
+                    sums.zero_()
+                    n_logged, t_last, wait = 0, now, 0.0
+                if done % cfg.ckpt_every == 0 or done == end or not go_on:
+                    result.checkpoint = checkpoint(done, checkpoint_path(run_dir))
+                    if heartbeat:
+                        heartbeat.checkpoint(done)
+                if not go_on:
+                    if logger:
+                        logger.event(done, f"{stop.signal_name or 'signal'} received: stopped "
+                                     f"at step {done}/{total} with a checkpoint; continue with "
+                                     "--resume")
+                    break
+        finished = result.step == total
+        if logger:
+            peak = (torch.cuda.max_memory_allocated(device) / 2**30
+                    if device.type == "cuda" else float("nan"))
+            logger.event(result.step, f"{'done' if finished else 'stopped'}: step "
+                         f"{result.step}/{total}; checkpoint {checkpoint_path(run_dir)}"
+                         + (f"; peak GPU memory {peak:.2f} GiB" if device.type == "cuda" else ""))
+        if heartbeat:
+            heartbeat.end("finished" if finished else "stopped", result.step)
+    except BaseException as e:
+        if heartbeat:  # `salt status` / `salt sweep` tell a failed run from a live one
+            heartbeat.end("failed", result.step, error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if feeder is not None:
+            feeder.close()
+        if logger:
+            logger.close()
+    return result
+
+
+def loss_curve(run_dir: Path | str) -> list[tuple[int, float]]:
+    """``(step, loss)`` pairs logged in a run's metrics.jsonl (for tests and plots)."""
+    from salt_vla.trainer.metrics_log import read_metrics
+
+    out = [(r["step"], r["loss"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+           if "loss" in r]
+    return out
+
+

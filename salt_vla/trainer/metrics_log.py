@@ -1,0 +1,163 @@
+"""Where training metrics go: a console progress line, ``metrics.jsonl`` (always) and wandb
+(when enabled). Only rank 0 constructs a logger.
+
+wandb mode: ``--wandb online|offline|disabled``; without the option it is disabled unless
+``WANDB_MODE`` or ``WANDB_API_KEY`` is set (then wandb's own environment rules apply).
+Offline mode writes under the run directory and needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+METRICS_NAME = "metrics.jsonl"
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def resolve_wandb_mode(option: str | None, env: dict[str, str] | None = None) -> str:
+    """The wandb mode from the option, else the environment, else ``disabled``."""
+    env = dict(os.environ) if env is None else env
+    if option:
+        if option not in WANDB_MODES:
+            raise ValueError(f"--wandb {option!r}: choose one of {', '.join(WANDB_MODES)}")
+        return option
+    mode = env.get("WANDB_MODE", "").strip().lower()
+    if mode in ("offline", "dryrun"):
+        return "offline"
+    if mode in ("disabled", "off"):
+        return "disabled"
+    if mode == "online" or env.get("WANDB_API_KEY"):
+        return "online"
+    return "disabled"
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` -> ``1:02:05``; days shown as ``2d03:00:00``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{days}d{h:02d}:{m:02d}:{s:02d}" if days else f"{h}:{m:02d}:{s:02d}")
+
+
+def progress_line(step: int, total: int, m: dict[str, Any]) -> str:
+    """The console line: step/total, loss, normalised loss, lr, clips/s, data wait, ETA."""
+    return (
+        f"step {step}/{total} | loss {m['loss']:.4f} | norm {m['norm_loss']:.4f} | "
+        f"cos {m['cos']:.3f} | lr {m['lr']:.2e} | {m['clips_per_s']:.1f} clips/s | "
+        f"data wait {100 * m['data_wait']:.0f}% | eta {format_duration(m['eta_s'])}"
+    )
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records after ``last_step`` (the part of a killed run that a resume redoes), so
+    the file holds each step once. Rewritten atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if rec.get("step", 0) <= last_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path | str) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` (torn last lines skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class MetricsLogger:
+    """Writes each logged step to the console, ``run_dir/metrics.jsonl`` and wandb."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        wandb_mode: str = "disabled",
+        config: dict[str, Any] | None = None,
+        project: str = "salt-vla",
+        run_name: str = "",
+        resume_step: int = 0,
+        echo: Callable[[str], None] | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.total_steps = total_steps
+        self.path = self.run_dir / METRICS_NAME
+        self.echo = echo or (lambda s: print(s, file=stream or sys.stdout, flush=True))
+        if resume_step:
+            truncate_metrics(self.path, resume_step)
+        elif self.path.exists():
+            # A fresh run in a directory whose earlier run left no checkpoint: keep its log.
+            self.path.rename(self.path.with_name(f"metrics.{int(time.time())}.jsonl"))
+        self._file = open(self.path, "a", buffering=1)
+        self._wandb = None
+        if wandb_mode != "disabled":
+            import wandb  # imported lazily: slow, and unused by most test runs
+
+            self._wandb = wandb.init(
+                project=project,
+                name=run_name or self.run_dir.name,
+                dir=str(self.run_dir),
+                config=config,
+                mode=wandb_mode,
+                resume="allow",
+                id=_wandb_id(self.run_dir),
+            )
+
+    def log(self, step: int, metrics: dict[str, Any], console: bool = True) -> None:
+        """Record ``metrics`` for optimiser step ``step`` (1-based count of steps done)."""
+        rec = {"step": step, "time": round(time.time(), 3), **metrics}
+        self._file.write(json.dumps(rec) + "\n")
+        if console and "loss" in metrics:
+            self.echo(progress_line(step, self.total_steps, metrics))
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if _is_number(v)}, step=step)
+
+    def event(self, step: int, message: str, **extra: Any) -> None:
+        """A one-off event (resume, checkpoint, stop) in the JSONL and on the console."""
+        self._file.write(json.dumps({"step": step, "event": message, **extra}) + "\n")
+        self.echo(message)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable wandb run id per run directory, so a resumed run continues its wandb run."""
+    path = run_dir / "wandb_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id + "\n")
+    return run_id

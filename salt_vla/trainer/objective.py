@@ -1,0 +1,71 @@
+"""The SALT objective: student on context tokens -> predictor -> loss against the teacher's
+latents at the target tokens, averaged over mask groups; plus the metrics we log.
+
+Metrics are comparable across teachers: the normalised loss divides by the loss of always
+predicting the batch's per-channel mean target (for MSE: the targets' variance), so 1.0 means
+"no better than the mean" whatever the teacher's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salt_vla.models.predictor import Predictor
+from salt_vla.models.student import Student
+
+Masks = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def gather_targets(targets: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]`` latents at ``[B, Nt]`` token indices -> ``[B, Nt, D]``."""
+    return torch.gather(targets, 1, tgt_idx[..., None].expand(-1, -1, targets.shape[-1]))
+
+
+def token_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over tokens and channels of squared (``mse``) or absolute (``l1``) error."""
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    raise ValueError(f"loss={kind!r}: choose 'mse' or 'l1'")
+
+
+def mean_baseline(target: torch.Tensor, kind: str) -> torch.Tensor:
+    """The loss of predicting the batch's per-channel mean target everywhere."""
+    flat = target.reshape(-1, target.shape[-1])
+    return token_loss(flat.mean(0, keepdim=True).expand_as(flat), flat, kind)
+
+
+class SaltModel(nn.Module):
+    """Student + predictor as one module, so DDP wraps (and syncs) both with one forward."""
+
+    def __init__(self, student: Student, predictor: Predictor, loss: str = "mse") -> None:
+        super().__init__()
+        self.student = student
+        self.predictor = predictor
+        self.loss_kind = loss
+
+    def forward(
+        self, x: torch.Tensor, masks: Masks, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss (mean over groups) and detached fp32 metrics ``[raw, normalised, cosine]``.
+
+        ``x``: normalised video ``[B, 3, T, H, W]``; ``masks``: per group ``(ctx_idx [B, Nc],
+        tgt_idx [B, Nt])``; ``targets``: teacher latents ``[B, N, D]`` (any float dtype).
+        """
+        losses = []
+        stats = []
+        for ctx_idx, tgt_idx in masks:
+            z = self.student(x, ctx_idx)
+            pred = self.predictor(z, ctx_idx, tgt_idx).float()
+            tgt = gather_targets(targets, tgt_idx).float()
+            loss = token_loss(pred, tgt, self.loss_kind)
+            losses.append(loss)
+            with torch.no_grad():
+                norm = loss.detach() / mean_baseline(tgt, self.loss_kind).clamp_min(1e-12)
+                cos = F.cosine_similarity(pred.detach(), tgt, dim=-1).mean()
+                stats.append(torch.stack([loss.detach(), norm, cos]))
+        loss = torch.stack(losses).mean()
+        return loss, torch.stack(stats).mean(0)

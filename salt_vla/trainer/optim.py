@@ -1,0 +1,48 @@
+"""AdamW over the student and predictor: two parameter groups (decayed / not decayed) whose
+learning rate and weight decay the loop sets every step from the schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from salt_vla.models.student import split_weight_decay
+from salt_vla.trainer.experiments import TrainConfig
+from salt_vla.trainer.schedules import lr_at, weight_decay_at
+
+
+def build_optimizer(
+    modules: Iterable[nn.Module], cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norm weights, position tables and mask tokens.
+
+    Each group carries ``apply_wd``; :func:`set_schedules` only gives the decayed group a
+    non-zero weight decay. The fused kernel is used on CUDA (one launch for all tensors).
+    """
+    decay, no_decay = split_weight_decay(list(modules))
+    groups = [
+        {"params": decay, "apply_wd": True, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        fused=device.type == "cuda",
+    )
+
+
+def set_schedules(
+    optimizer: torch.optim.Optimizer, step: int, total: int, cfg: TrainConfig
+) -> tuple[float, float]:
+    """Set every group's lr and weight decay for optimiser step ``step``; returns both."""
+    lr = lr_at(step, total, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+    wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
+    return lr, wd

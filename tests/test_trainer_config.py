@@ -1,0 +1,129 @@
+"""Experiment presets, `--set` overrides and `salt exp`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from salt_vla.cli import app
+from salt_vla.trainer.build import config_grid, mask_config
+from salt_vla.trainer.experiments import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    diff,
+    parse_overrides,
+    resolve,
+    valid_keys,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves(name: str) -> None:
+    cfg = resolve(name)
+    assert cfg.name == name
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    mask_config(cfg)  # the mask settings are valid for the masking package
+    config_grid(cfg)  # the view preset exists and divides into tubelets
+
+
+def test_seed_presets_match_the_issue() -> None:
+    want = {
+        "baseline": (1.5e-4, 1e-5, 1000, 10, 0.75),
+        "exp1": (3e-4, 3e-5, 500, 3, 0.75),
+        "exp2": (1.5e-4, 1e-5, 500, 3, 0.9),
+        "exp3": (3e-4, 3e-5, 500, 3, 0.9),
+        "exp3-vjepa-masks": (3e-4, 3e-5, 500, 3, 0.9),
+    }
+    for name, (lr, min_lr, warmup, epochs, ratio) in want.items():
+        c = PRESETS[name]
+        assert (c.lr, c.min_lr, c.warmup_steps, c.epochs, c.mask_ratio) == (
+            lr, min_lr, warmup, epochs, ratio), name
+        assert (c.student, c.batch_size, c.betas) == ("base", 32, (0.9, 0.95)), name
+        assert (c.weight_decay, c.weight_decay_end, c.grad_clip) == (0.04, 0.4, 0.02), name
+        assert (c.predictor_width, c.predictor_depth, c.loss) == (384, 12, "mse"), name
+        assert c.grad_checkpointing is False, name
+        want_masks = "multiblock" if name == "exp3-vjepa-masks" else "ratio"
+        assert c.mask_strategy == want_masks, name
+    assert mask_config(PRESETS["exp3-vjepa-masks"]).num_groups == 2
+    assert mask_config(PRESETS["exp3"]).num_groups == 1
+
+
+def test_exp_show_prints_values() -> None:
+    result = CliRunner().invoke(app, ["exp", "show", "exp3"])
+    assert result.exit_code == 0, result.output
+    lines = {ln.split("=")[0].strip(): ln.split("=", 1)[1].strip()
+             for ln in result.output.splitlines() if "=" in ln and not ln.startswith("#")}
+    assert lines["lr"] == "0.0003"
+    assert lines["min_lr"] == "3e-05"
+    assert lines["warmup_steps"] == "500"
+    assert lines["epochs"] == "3"
+    assert lines["mask_ratio"] == "0.9"
+    assert lines["betas"] == "(0.9, 0.95)"
+    assert lines["grad_clip"] == "0.02"
+
+
+def test_exp_list_names_every_preset() -> None:
+    result = CliRunner().invoke(app, ["exp", "list"])
+    assert result.exit_code == 0, result.output
+    for name in PRESETS:
+        assert name in result.output
+
+
+def test_overrides_are_typed() -> None:
+    got = parse_overrides(["lr=3e-4", "betas=0.9,0.99", "compile=true", "student_dim=none",
+                           "epochs=5", "loss=l1"])
+    assert got == {"lr": 3e-4, "betas": (0.9, 0.99), "compile": True, "student_dim": None,
+                   "epochs": 5, "loss": "l1"}
+    cfg = resolve("exp3", ["lr=1e-4", "grad_clip=10"])
+    assert cfg.lr == 1e-4 and cfg.grad_clip == 10.0 and cfg.min_lr == 3e-5
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve("exp3", ["lrr=1e-4"])
+    msg = str(e.value)
+    assert "'lrr'" in msg and "did you mean 'lr'" in msg
+    for key in ("lr", "mask_ratio", "skip_nonfinite", "grad_clip"):
+        assert key in msg
+
+
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("lr=fast", "expected a float"),
+        ("epochs=2.5", "expected an int"),
+        ("compile=maybe", "expected a bool"),
+        ("betas=0.9", "expected 2 comma-separated values"),
+        ("lr", "expected key=value"),
+        ("loss=huber", "loss='huber': choose one of mse, l1"),
+        ("mask_ratio=1.5", "mask_ratio=1.5"),
+        ("batch_size=0", "batch_size=0: must be > 0"),
+        ("targets=online", "teacher_ckpt"),
+    ],
+)
+def test_bad_overrides_are_refused(item: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=None) as e:
+        resolve("exp3", [item])
+    assert fragment in str(e.value)
+
+
+def test_cli_refuses_bad_override_with_valid_keys() -> None:
+    result = CliRunner().invoke(app, ["train", "--exp", "tiny", "--set", "nope=1"])
+    assert result.exit_code != 0
+    assert "unknown config key 'nope'" in result.output
+    assert "mask_ratio" in result.output
+
+
+def test_unknown_experiment() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'exp3'"):
+        resolve("exp33")
+
+
+def test_diff_ignores_runtime_keys() -> None:
+    a = resolve("tiny")
+    assert diff(a, resolve("tiny", ["num_workers=0", "log_every=1"])) == []
+    assert diff(a, resolve("tiny", ["lr=0.5"])) == ["lr: 0.001 -> 0.5"]
+    assert set(valid_keys()) >= {"lr", "skip_nonfinite", "grad_accum"}

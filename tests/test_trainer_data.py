@@ -1,0 +1,199 @@
+"""The sample stream (ranks, workers, resume), the batch feeder, and metrics logging."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from salt_vla.masking.collator import MaskCollator
+from salt_vla.masking.config import MaskConfig
+from salt_vla.models.grid import TokenGrid
+from salt_vla.trainer.data import (
+    BatchFeeder,
+    ClipDataset,
+    StreamBatches,
+    StreamLayout,
+    epoch_permutation,
+    make_loader,
+    plan_loader,
+)
+from salt_vla.trainer.metrics_log import (
+    MetricsLogger,
+    format_duration,
+    progress_line,
+    read_metrics,
+    resolve_wandb_mode,
+)
+from salt_vla.trainer.sources import MemoryFrames, MemoryTargets
+
+
+def rank_keys(layout: StreamLayout, seed: int, start: int, total: int) -> list[list[tuple]]:
+    return [list(StreamBatches(layout, r, seed, start, total)) for r in range(layout.world_size)]
+
+
+@pytest.mark.parametrize("world, accum", [(1, 1), (2, 1), (3, 2), (4, 2)])
+def test_every_row_once_per_epoch_across_ranks(world: int, accum: int) -> None:
+    rows, batch = 50, 24
+    layout = StreamLayout(rows, batch, world, accum)
+    total = layout.steps_for(3)  # 3 epochs of positions, the last batch straddling epochs
+    per_rank = rank_keys(layout, seed=5, start=0, total=total)
+    assert all(len(b) == total * accum for b in per_rank)
+    assert all(len(mb) == layout.micro_batch for b in per_rank for mb in b)
+    keys = [k for b in per_rank for mb in b for k in mb]
+    assert len(keys) == total * batch
+    seen = Counter(keys)
+    assert max(seen.values()) == 1, "a (epoch, row) was served twice"
+    by_epoch: dict[int, list[int]] = {}
+    for epoch, row in keys:
+        by_epoch.setdefault(epoch, []).append(row)
+    full_epochs = total * batch // rows
+    for e in range(full_epochs):
+        assert sorted(by_epoch[e]) == list(range(rows)), f"epoch {e} dropped rows"
+
+
+def test_stream_is_a_pure_function_of_the_step() -> None:
+    layout = StreamLayout(40, 8, 2, 1)
+    full = rank_keys(layout, seed=1, start=0, total=20)
+    resumed = rank_keys(layout, seed=1, start=7, total=20)
+    for r in range(2):
+        assert resumed[r] == full[r][7:]
+    # Positions are global: 1 process and 2 processes cover the same samples per step.
+    single = rank_keys(StreamLayout(40, 8, 1, 1), seed=1, start=0, total=20)[0]
+    for step in range(20):
+        assert sorted(single[step]) == sorted(full[0][step] + full[1][step])
+
+
+def test_permutations_differ_by_epoch_and_seed() -> None:
+    a, b = epoch_permutation(100, 0, 0), epoch_permutation(100, 0, 1)
+    assert sorted(a) == list(range(100)) and not np.array_equal(a, b)
+    assert not np.array_equal(a, epoch_permutation(100, 1, 0))
+    assert np.array_equal(a, epoch_permutation(100, 0, 0))
+
+
+def test_batch_size_must_split_evenly() -> None:
+    with pytest.raises(ValueError, match="divisible by processes x grad_accum"):
+        StreamLayout(100, 10, world_size=3)
+
+
+def _loader_batches(num_workers: int, frames: np.ndarray, targets: np.ndarray,
+                    threads: int = 0) -> list:
+    layout = StreamLayout(len(frames), 4)
+    collate = MaskCollator(MaskConfig(strategy="random", ratio=0.5), TokenGrid(2, 2, 2), seed=0)
+    loader = make_loader(
+        ClipDataset(MemoryFrames(frames), np.arange(len(frames)), threads),
+        StreamBatches(layout, 0, 3, 0, 6), collate, num_workers, 2, pin_memory=False,
+    )
+    feeder = BatchFeeder(loader, MemoryTargets(targets), pin=False)
+    try:
+        return list(feeder)
+    finally:
+        feeder.close()
+
+
+def test_workers_do_not_change_the_batches() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (10, 4, 8, 8, 3), dtype=np.uint8)
+    targets = rng.standard_normal((10, 8, 5)).astype(np.float16)
+    a = _loader_batches(0, frames, targets)
+    b = _loader_batches(2, frames, targets)
+    c = _loader_batches(0, frames, targets, threads=3)  # the no-/dev/shm mode
+    assert len(a) == len(b) == len(c) == 6
+    for x, y in [*zip(a, b, strict=True), *zip(a, c, strict=True)]:
+        assert torch.equal(x.rows, y.rows)
+        assert torch.equal(x.frames, y.frames)
+        assert torch.equal(x.targets, torch.from_numpy(targets[x.rows.numpy()]))
+        assert torch.equal(y.targets, x.targets)
+        for (c1, t1), (c2, t2) in zip(x.masks, y.masks, strict=True):
+            assert torch.equal(c1, c2) and torch.equal(t1, t2)
+        assert torch.equal(x.frames, torch.from_numpy(frames[x.rows.numpy()]))
+
+
+def test_small_dev_shm_switches_to_decode_threads() -> None:
+    batch = 32 * 16 * 224 * 224 * 3  # uint8 frames of one batch of 32 clips at 16 x 224
+    assert plan_loader(8, 0, 2, batch, shm_free=64 * 2**30) == (8, 0, None)
+    workers, threads, warning = plan_loader(8, 0, 2, batch, shm_free=64 * 2**20)
+    assert (workers, threads) == (0, 8)
+    assert warning is not None and "64 MiB free" in warning and "--shm-size" in warning
+    assert plan_loader(0, 4, 2, batch, shm_free=0) == (0, 4, None)
+
+
+def test_feeder_reraises_source_errors() -> None:
+    class Broken:
+        def get(self, rows: list[int]) -> np.ndarray:
+            raise OSError("shard file vanished")
+
+    frames = np.zeros((8, 4, 8, 8, 3), np.uint8)
+    collate = MaskCollator(MaskConfig(strategy="random", ratio=0.5), TokenGrid(2, 2, 2), seed=0)
+    loader = make_loader(ClipDataset(MemoryFrames(frames), np.arange(8)),
+                         StreamBatches(StreamLayout(8, 4), 0, 0, 0, 2), collate, 0, 2, False)
+    feeder = BatchFeeder(loader, Broken(), pin=False)
+    with pytest.raises(OSError, match="shard file vanished"):
+        next(feeder)
+    feeder.close()
+
+
+def test_wandb_mode_resolution() -> None:
+    assert resolve_wandb_mode(None, {}) == "disabled"
+    assert resolve_wandb_mode(None, {"WANDB_API_KEY": "x"}) == "online"
+    assert resolve_wandb_mode(None, {"WANDB_MODE": "offline", "WANDB_API_KEY": "x"}) == "offline"
+    assert resolve_wandb_mode(None, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "x"}) == "disabled"
+    assert resolve_wandb_mode("offline", {"WANDB_MODE": "online"}) == "offline"
+    with pytest.raises(ValueError, match="online, offline, disabled"):
+        resolve_wandb_mode("cloud", {})
+
+
+def test_progress_line_and_jsonl(tmp_path: Path) -> None:
+    lines: list[str] = []
+    logger = MetricsLogger(tmp_path, total_steps=100, echo=lines.append)
+    m = {"loss": 0.5, "norm_loss": 0.25, "cos": 0.9, "lr": 1e-4, "clips_per_s": 12.5,
+         "data_wait": 0.1, "eta_s": 3725.0}
+    logger.log(10, m)
+    logger.log(20, m)
+    logger.close()
+    assert lines[0] == progress_line(10, 100, m)
+    for part in ("step 10/100", "loss 0.5000", "norm 0.2500", "lr 1.00e-04", "12.5 clips/s",
+                 "data wait 10%", "eta 1:02:05"):
+        assert part in lines[0]
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [10, 20] and recs[0]["loss"] == 0.5
+    # A resume at step 10 drops what the killed run logged after its checkpoint.
+    MetricsLogger(tmp_path, 100, resume_step=10, echo=lines.append).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10]
+    assert format_duration(2 * 86400 + 5) == "2d00:00:05"
+    json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_tar_index_matches_tarfile_and_reads_exact_frames(tmp_path: Path) -> None:
+    import tarfile
+
+    from salt_vla.cache.frames import FramesTarWriter, decode_jpeg, encode_jpeg
+    from salt_vla.trainer.tar_frames import FramesIndexError, TarFrames, _members
+
+    rng = np.random.default_rng(0)
+    clips = {r: rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8) for r in (7, 8, 12)}
+    path = tmp_path / "shard-000000.tar"
+    with open(path, "wb") as f:
+        writer = FramesTarWriter(f)
+        for r, clip in clips.items():
+            writer.add(f"{r:09d}", [encode_jpeg(x) for x in clip],
+                       {"row": r, "video_id": str(r), "view": 0, "label": 0})
+        writer.close()
+    with tarfile.open(path) as tar:
+        want = [(m.name.encode(), m.offset_data, m.size) for m in tar if m.isfile()]
+    assert _members(path) == want
+    frames = TarFrames([path])
+    assert frames.rows.tolist() == [7, 8, 12]
+    for r, clip in clips.items():
+        expect = np.stack([decode_jpeg(encode_jpeg(x)) for x in clip])
+        assert np.array_equal(frames.frames(r), expect)
+    with pytest.raises(FramesIndexError, match="row 9"):
+        frames.frames(9)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(FramesIndexError, match="cut.tar"):
+        TarFrames([cut])
