@@ -1493,8 +1493,9 @@ def teacher_show(
 @teacher_app.command(
     "train",
     help="Stage 1: train a VideoMAEv2 encoder on the visible tokens + a light decoder over "
-    "all tokens to reconstruct the per-patch normalised pixels of the masked tubelets, on "
-    "clips decoded straight from the videos under --data through the preset's view. Same "
+    "all tokens to reconstruct the pixels of the masked tubelets (per-patch normalised as "
+    "in VideoMAE; raw with --set norm_pix=false, teacher-tiny's setting), on clips decoded "
+    "straight from the videos under --data through the preset's view. Same "
     "loop as `salt train`: config.json, metrics.jsonl, ckpt.pt (atomic, every ckpt_every "
     "steps and at the end), exact --resume; unreadable videos are skipped and listed in "
     "RUN_DIR/decode_failures.jsonl. On the last step the encoder is written to "
