@@ -293,21 +293,17 @@ def parse_overrides(
     return out
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check value ranges and choices; returns ``cfg`` or raises one ``ConfigError`` listing
-    every problem."""
+def common_problems(
+    cfg: Any, choices: dict[str, tuple], positive: tuple[str, ...], non_negative: tuple[str, ...]
+) -> list[str]:
+    """Range and choice problems shared by every training config (stage 1 and stage 2)."""
     problems = []
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             problems.append(f"{key}={getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
-    positive = ("batch_size", "grad_accum", "predictor_width", "predictor_heads", "tubelet",
-                "patch", "teacher_dim", "log_every", "ckpt_every", "prefetch_factor")
     for key in positive:
         if getattr(cfg, key) <= 0:
             problems.append(f"{key}={getattr(cfg, key)}: must be > 0")
-    non_negative = ("epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr",
-                    "weight_decay", "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows",
-                    "num_workers", "decode_threads", "predictor_depth", "drop_path", "seed")
     for key in non_negative:
         if getattr(cfg, key) < 0:
             problems.append(f"{key}={getattr(cfg, key)}: must be >= 0")
@@ -322,6 +318,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         f"{cfg.grad_accum}")
     if not all(0.0 <= b < 1.0 for b in cfg.betas):
         problems.append(f"betas={cfg.betas}: each must be in [0, 1)")
+    return problems
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check value ranges and choices; returns ``cfg`` or raises one ``ConfigError`` listing
+    every problem."""
+    positive = ("batch_size", "grad_accum", "predictor_width", "predictor_heads", "tubelet",
+                "patch", "teacher_dim", "log_every", "ckpt_every", "prefetch_factor")
+    non_negative = ("epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr",
+                    "weight_decay", "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows",
+                    "num_workers", "decode_threads", "predictor_depth", "drop_path", "seed")
+    problems = common_problems(cfg, CHOICES, positive, non_negative)
     if cfg.targets == "online" and not cfg.teacher_ckpt:
         problems.append("targets='online' needs teacher_ckpt=PATH (or random:ARCH:SEED)")
     if problems:

@@ -21,6 +21,7 @@ from typing import Any
 from salt_vla.models.teacher import ARCHS
 from salt_vla.trainer.experiments import (
     ConfigError,
+    common_problems,
     parse_overrides,
     values_from_dict,
 )
@@ -156,32 +157,12 @@ def scaled_lr(cfg: TeacherTrainConfig) -> TeacherTrainConfig:
 def validate_teacher(cfg: TeacherTrainConfig) -> TeacherTrainConfig:
     """Check value ranges and choices; returns ``cfg`` or raises one ``ConfigError`` listing
     every problem."""
-    problems = []
-    for key, allowed in TEACHER_CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            problems.append(f"{key}={getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
     positive = ("batch_size", "grad_accum", "decoder_width", "decoder_heads", "tubelet",
                 "patch", "log_every", "ckpt_every", "prefetch_factor")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            problems.append(f"{key}={getattr(cfg, key)}: must be > 0")
     non_negative = ("epochs", "max_steps", "stop_at", "warmup_steps", "blr", "lr", "min_lr",
                     "weight_decay", "weight_decay_end", "grad_clip", "skip_nonfinite",
                     "limit_rows", "num_workers", "decode_threads", "decoder_depth", "seed")
-    for key in non_negative:
-        if getattr(cfg, key) < 0:
-            problems.append(f"{key}={getattr(cfg, key)}: must be >= 0")
-    if cfg.epochs == 0 and cfg.max_steps == 0:
-        problems.append("epochs=0 and max_steps=0: set one of them")
-    if cfg.min_lr > cfg.lr:
-        problems.append(f"min_lr={cfg.min_lr} is above lr={cfg.lr}")
-    if not 0.0 < cfg.mask_ratio < 1.0:
-        problems.append(f"mask_ratio={cfg.mask_ratio}: must be in (0, 1)")
-    if cfg.batch_size % cfg.grad_accum:
-        problems.append(f"batch_size={cfg.batch_size} is not divisible by grad_accum="
-                        f"{cfg.grad_accum}")
-    if not all(0.0 <= b < 1.0 for b in cfg.betas):
-        problems.append(f"betas={cfg.betas}: each must be in [0, 1)")
+    problems = common_problems(cfg, TEACHER_CHOICES, positive, non_negative)
     if cfg.decoder_width % max(cfg.decoder_heads, 1):
         problems.append(f"decoder_width={cfg.decoder_width} is not divisible by "
                         f"decoder_heads={cfg.decoder_heads}")
