@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,25 @@ def test_templates_describe_the_motion(class_index: int) -> None:
             pytest.fail(f"no check for template {template!r}")
 
 
+def test_background_contrast_flattens_only_the_scenery() -> None:
+    flat = replace(CLEAN, background=0.0, distractors=(0, 0))
+    full = replace(CLEAN, distractors=(0, 0))
+    f0, names0 = render_video(flat, 0, 0)
+    f1, names1 = render_video(full, 0, 0)
+    # Same objects on the same paths (the contrast is applied after every random draw) ...
+    assert names0 == names1
+    assert _main(flat, 0, 0)[0].cx.tolist() == _main(full, 0, 0)[0].cx.tolist()
+    # ... over a background that is one colour: the corner pixels the object never reaches
+    # are constant over space and time with background=0, textured with 1.
+    moving = np.abs(np.diff(f1.astype(np.int16), axis=0)).max(axis=(0, 3)) > 0
+    still = ~moving
+    assert still.sum() > 100, "the object covers the whole frame: nothing to compare"
+    assert f0[:, still].std(axis=(0, 1)).max() < 1.0, "background=0 is not flat"
+    assert f1[:, still].std(axis=(0, 1)).max() > 3.0, "background=1 lost its texture"
+    with pytest.raises(SynthError, match="background=1.5"):
+        replace(CLEAN, background=1.5)
+
+
 def test_increasing_angle_turns_clockwise_on_screen() -> None:
     look = _random_look(np.random.default_rng(0))
     look.shape = "bar"
@@ -285,6 +305,15 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert "train 4, validation 2, test 2" in result.output
     cfg = json.loads((out / "synth.json").read_text())["config"]
     assert (cfg["seed"], cfg["height"], cfg["width"], cfg["splits"]) == (1, 32, 32, [2, 1, 1])
+
+    plain = runner.invoke(app, ["data", "synth", str(tmp_path / "plain"), "--videos", "2",
+                                "--classes", "2", "--frames", "2", "--size", "16",
+                                "--workers", "1", "--background", "0.25", "--distractors", "0-1"])
+    assert plain.exit_code == 0, plain.output
+    cfg = json.loads((tmp_path / "plain" / "synth.json").read_text())["config"]
+    assert (cfg["background"], cfg["distractors"]) == (0.25, [0, 1])
+    bad_range = runner.invoke(app, ["data", "synth", str(tmp_path / "y"), "--distractors", "a"])
+    assert bad_range.exit_code == 1 and "--distractors 'a'" in bad_range.output
 
     bad = runner.invoke(app, ["data", "synth", str(tmp_path / "x"), "--classes", "99"])
     assert bad.exit_code == 1 and "classes=99" in bad.output

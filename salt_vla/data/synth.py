@@ -104,6 +104,9 @@ class SynthConfig:
     ``splits`` are relative weights of train/validation/test. ``noise`` is the std of per-pixel
     sensor noise in 0-255 units, ``jitter`` the camera-shake amplitude in pixels, ``flicker``
     the std of a per-frame brightness gain; set all three to 0 for clean frames.
+    ``background`` scales the contrast of the background texture (1: full value-noise
+    texture, 0: one flat colour per video); it changes how much of a clip's variance is static
+    scenery rather than motion, never what a single frame says about the class.
     """
 
     videos: int = 200
@@ -118,6 +121,7 @@ class SynthConfig:
     noise: float = 3.0
     jitter: float = 1.0
     flicker: float = 0.02
+    background: float = 1.0
     crf: int = 20
 
     def __post_init__(self) -> None:
@@ -151,6 +155,8 @@ class SynthConfig:
             raise SynthError(f"distractors={lo_hi}: need (min, max) with 0 <= min <= max")
         if self.noise < 0 or self.jitter < 0 or self.flicker < 0:
             raise SynthError("noise, jitter and flicker must be >= 0")
+        if not 0.0 <= self.background <= 1.0:
+            raise SynthError(f"background={self.background}: texture contrast is 0..1")
         if not 0 <= self.crf <= 63:
             raise SynthError(f"crf={self.crf}: VP9 crf is 0..63")
 
@@ -366,8 +372,12 @@ def _random_look(rng: np.random.Generator) -> _Look:
     )
 
 
-def _background(rng: np.random.Generator, hc: int, wc: int) -> np.ndarray:
-    """A static textured background [hc, wc, 3] in [0, 1]: value noise at 3 scales + grating."""
+def _background(
+    rng: np.random.Generator, hc: int, wc: int, contrast: float = 1.0
+) -> np.ndarray:
+    """A static textured background [hc, wc, 3] in [0, 1]: value noise at 3 scales + grating,
+    its contrast scaled by ``contrast`` (after every random draw, so the scene's other draws
+    do not depend on it)."""
     yy, xx = np.mgrid[0:hc, 0:wc].astype(np.float32)
     n = np.zeros((hc, wc), np.float32)
     for cells, weight in ((3, 0.55), (8, 0.3), (max(hc, wc) // 5, 0.15)):
@@ -381,7 +391,7 @@ def _background(rng: np.random.Generator, hc: int, wc: int) -> np.ndarray:
     n = (n - n.min()) / max(float(n.max() - n.min()), 1e-6)
     ca = rng.uniform(0.15, 0.8, 3).astype(np.float32)
     cb = np.clip(ca + rng.uniform(-0.35, 0.35, 3), 0.05, 0.95).astype(np.float32)
-    return ca + (cb - ca) * n[..., None]
+    return ca + (cb - ca) * (np.float32(contrast) * n[..., None])
 
 
 # --- motion ----------------------------------------------------------------------------------
@@ -586,7 +596,7 @@ def _scene(cfg: SynthConfig, index: int, class_index: int) -> _Scene:
     rng = _video_rng(cfg.seed, index, _SCENE_STREAM)
     # The canvas has a margin so camera shake can crop inside it.
     m = int(math.ceil(cfg.jitter))
-    bg = _background(rng, h + 2 * m, w + 2 * m)
+    bg = _background(rng, h + 2 * m, w + 2 * m, cfg.background)
     mains = _main_sprites(action.motion, rng, tau, h, w)
     n_dis = int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))
     sprites = _distractors(rng, n_dis, tau, h, w) + mains
