@@ -13,7 +13,7 @@ On a synthetic SSv2-layout dataset made in a temporary directory (``--videos`` c
     decoders, time per decoder crash (kill + replacement worker), and disk per failed row.
 
     python benchmarks/bench_cache_build.py [--videos 48] [--frames 16] [--size 112]
-        [--arch vit_tiny] [--batch-size 8] [--workers 1] [--threads 1]
+        [--arch vit_tiny] [--batch-size 8] [--workers 1] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the teacher")
+    ap.add_argument("--device", default="cpu", help="teacher device: cpu or cuda")
     args = ap.parse_args()
 
     import torch
@@ -84,7 +85,8 @@ def main() -> None:
         t0 = time.perf_counter()
         generate_dataset(data, SynthConfig(videos=args.videos, classes=6,
                                            frames=args.src_frames, height=args.src_size,
-                                           width=args.src_size), workers=2)
+                                           width=args.src_size),
+                         workers=min(os.cpu_count() or 1, 16))
         index = load_split(data, "train")
         n = len(index)
         print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
@@ -102,8 +104,8 @@ def main() -> None:
         # (b) teacher-only, same batch shape, warm
         teacher = load_teacher(f"random:{args.arch}:0",
                                TeacherSpec(arch=args.arch, num_frames=args.frames,
-                                           img_size=args.size), device="cpu")
-        fn = make_teacher_fn(teacher, "cpu", "float16")
+                                           img_size=args.size), device=args.device)
+        fn = make_teacher_fn(teacher, args.device, "float16")
         frames = np.random.default_rng(0).integers(0, 256, (args.batch_size, *expect),
                                                    dtype=np.uint8)
         fn(frames)
@@ -118,7 +120,8 @@ def main() -> None:
         # (b) the build
         out = Path(tmp) / "store"
         cfg = BuildConfig(data_root=data, out=out, teacher=f"random:{args.arch}:0", view=view,
-                          teacher_arch=args.arch, shard_size=args.shard_size, device="cpu",
+                          teacher_arch=args.arch, shard_size=args.shard_size,
+                          device=args.device,
                           pipeline=PipelineConfig(batch_size=args.batch_size,
                                                   workers=args.workers),
                           command=("bench",), show_progress=False)

@@ -9,7 +9,7 @@
 # Every knob is an environment variable (defaults in brackets): PYTHON [python], WORK [a new
 # temp dir; reused if it already holds data/cache], VIDEOS [96], SIZE [240x424], FRAMES [48],
 # EXP [exp3], TEACHER [random:vit_base:0], VIEW [ssv2-16x224], STEPS [50], BATCH [32],
-# WORKERS [8], DEVICE [cuda], EXTRA ["--set ..." passed to salt train].
+# WORKERS [8], SYNTH_WORKERS [nproc], DEVICE [cuda], EXTRA ["--set ..." passed to salt train].
 # CPU smoke test of this script: DEVICE=cpu EXP=tiny TEACHER=random:vit_tiny:0 VIEW=tiny-8x64
 #   SIZE=64x64 FRAMES=16 VIDEOS=24 STEPS=3 BATCH=8 WORKERS=1 bash benchmarks/gpu_check.sh
 set -euo pipefail
@@ -25,6 +25,7 @@ VIEW=${VIEW:-ssv2-16x224}
 STEPS=${STEPS:-50}
 BATCH=${BATCH:-32}
 WORKERS=${WORKERS:-8}
+SYNTH_WORKERS=${SYNTH_WORKERS:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}
 SALT=("$PYTHON" -m salt_vla)
@@ -42,7 +43,7 @@ EOF
 t0=$(date +%s)
 if [ ! -f "$WORK/data/train.json" ]; then
   "${SALT[@]}" data synth "$WORK/data" --videos "$VIDEOS" --classes 6 --frames "$FRAMES" \
-    --size "$SIZE" --splits 0.9/0.05/0.05 --seed 0
+    --size "$SIZE" --splits 0.9/0.05/0.05 --seed 0 --workers "$SYNTH_WORKERS"
 fi
 if [ ! -f "$WORK/cache/cache.json" ]; then
   "${SALT[@]}" cache build "$WORK/data" --split train --teacher "$TEACHER" \
