@@ -59,10 +59,11 @@ class FrozenEncoder:
     describe: dict[str, Any]  # JSON-able identity: what produced these features
     _forward: Callable[[torch.Tensor], torch.Tensor]
 
-    def features(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames ``[B, T, H, W, 3]`` (any device) -> float32 tokens ``[B, N, D]``."""
+    def features(self, frames: torch.Tensor, amp: bool = True) -> torch.Tensor:
+        """uint8 frames ``[B, T, H, W, 3]`` (any device) -> float32 tokens ``[B, N, D]``;
+        under bf16 autocast on CUDA when ``amp``."""
         x = frames_to_input(frames.to(self.device))
-        on_cuda = self.device.type == "cuda"
+        on_cuda = self.device.type == "cuda" and amp
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
         )
