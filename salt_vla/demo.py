@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from salt_vla.data.synth import SynthConfig
-from salt_vla.eval.demo_report import read_json_object
+from salt_vla.eval.demo_report import DemoReport, read_json_object, write_demo_report
 from salt_vla.eval.probe import ProbeConfig
 
 VIEW = "tiny-8x64"  # the view of the tiny presets: 8 frames x 64 px -> 4 x 4 x 4 tokens
@@ -137,7 +137,7 @@ class SeedRun:
 @dataclass
 class DemoResult:
     runs: list[SeedRun]
-    report: Any  # salt_vla.eval.demo_report.DemoReport
+    report: DemoReport
     seconds: float
 
 
@@ -460,8 +460,6 @@ def _record_timings(path: Path, run: SeedRun) -> None:
 def run_demo(out: Path | str, configs: list[DemoConfig],
              echo: Callable[[str], None] = print) -> DemoResult:
     """Run every seed's config in turn, then write the report over all seeds under ``out``."""
-    from salt_vla.eval.demo_report import write_demo_report
-
     if not configs:
         raise DemoError("no seeds to run")
     out = Path(out)
