@@ -5,6 +5,8 @@ Each command group lives in its own section below; library code never imports th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -785,6 +787,73 @@ SetOpt = typer.Option(
     show_default=False,
 )
 
+# Options shared by `salt train` and `salt teacher train` (one loop, one run-directory contract).
+RunOutOpt = typer.Option(
+    None,
+    "--out",
+    help="Run directory. Default: runs/<exp> under the current directory.",
+    show_default=False,
+)
+ResumeOpt = typer.Option(
+    False,
+    "--resume",
+    help="Continue the run in --out from its checkpoint, exactly (error if it has none). "
+    "`--resume auto`: continue if there is a checkpoint, else start fresh. `--resume "
+    "CKPT`: continue from that checkpoint file. Without --resume a run directory that "
+    "already holds a checkpoint is refused.",
+)
+ResumeFromArg = typer.Argument(
+    None,
+    metavar="[auto|CKPT]",
+    help="Only after --resume: `auto` or a checkpoint path.",
+    show_default=False,
+)
+WandbOpt = typer.Option(
+    None,
+    "--wandb",
+    help="online | offline | disabled. Default: disabled unless WANDB_MODE or "
+    "WANDB_API_KEY is set. Offline runs write under the run directory, no network. "
+    "Project and run name: --set wandb_project=... --set wandb_run=...",
+    show_default=False,
+)
+
+
+@dataclass(frozen=True)
+class _RunStart:
+    """What both training commands settle before building their config."""
+
+    echo: Callable[[str], None]  # prints on rank 0 only
+    main_rank: bool
+    run_dir: Path
+    run_dir_from: str
+    resume: str | None  # RunSpec.resume: None, "yes", "auto" or a checkpoint path
+    wandb: str
+
+    def say_run_dir(self) -> None:
+        self.echo(f"run dir: {self.run_dir}  ({self.run_dir_from})")
+
+
+def _run_start(
+    exp: str, out: Path | None, resume: bool, resume_from: str | None, wandb: str | None
+) -> _RunStart:
+    """Check --resume's argument, resolve the W&B mode and the run directory."""
+    import os
+
+    from salt_vla.trainer.metrics_log import resolve_wandb_mode
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    echo = say if main_rank else (lambda s: None)
+    if resume_from is not None and not resume:
+        raise fail(f"unexpected argument {resume_from!r} (did you mean --resume {resume_from}?)")
+    try:
+        mode = resolve_wandb_mode(wandb)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    run_dir = out if out is not None else Path("runs") / exp
+    run_dir_from = "--out" if out is not None else "default runs/<exp>"
+    resume_value = ("yes" if resume_from is None else resume_from) if resume else None
+    return _RunStart(echo, main_rank, run_dir, run_dir_from, resume_value, mode)
+
 
 @exp_app.command("list", help="List the experiment presets with a one-line description each.")
 def exp_list() -> None:
@@ -829,26 +898,9 @@ def train_cmd(
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split whose cache (or videos) to use."),
     sets: list[str] = SetOpt,
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        help="Run directory. Default: runs/<exp> under the current directory.",
-        show_default=False,
-    ),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue the run in --out from its checkpoint, exactly (error if it has none). "
-        "`--resume auto`: continue if there is a checkpoint, else start fresh. `--resume "
-        "CKPT`: continue from that checkpoint file. Without --resume a run directory that "
-        "already holds a checkpoint is refused.",
-    ),
-    resume_from: str | None = typer.Argument(
-        None,
-        metavar="[auto|CKPT]",
-        help="Only after --resume: `auto` or a checkpoint path.",
-        show_default=False,
-    ),
+    out: Path | None = RunOutOpt,
+    resume: bool = ResumeOpt,
+    resume_from: str | None = ResumeFromArg,
     targets: str | None = typer.Option(
         None,
         "--targets",
@@ -857,37 +909,22 @@ def train_cmd(
         "teacher_ckpt=PATH or random:ARCH:SEED). Same as --set targets=...",
         show_default=False,
     ),
-    wandb: str | None = typer.Option(
-        None,
-        "--wandb",
-        help="online | offline | disabled. Default: disabled unless WANDB_MODE or "
-        "WANDB_API_KEY is set. Offline runs write under the run directory, no network. "
-        "Project and run name: --set wandb_project=... --set wandb_run=...",
-        show_default=False,
-    ),
+    wandb: str | None = WandbOpt,
 ) -> None:
-    import os
-
     from salt_vla.cache.format import CacheFormatError
     from salt_vla.cache.latent_store import CacheMismatchError, MissingRowError
     from salt_vla.trainer.checkpoint import CheckpointError
     from salt_vla.trainer.experiments import ConfigError, resolve
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
-    from salt_vla.trainer.metrics_log import resolve_wandb_mode
     from salt_vla.trainer.tar_frames import FramesIndexError
 
-    main_rank = os.environ.get("RANK", "0") == "0"
-    echo = say if main_rank else (lambda s: None)
-    if resume_from is not None and not resume:
-        raise fail(f"unexpected argument {resume_from!r} (did you mean --resume {resume_from}?)")
+    start = _run_start(exp, out, resume, resume_from, wandb)
+    echo, main_rank = start.echo, start.main_rank
     try:
-        overrides = list(sets) + ([f"targets={targets}"] if targets else [])
-        cfg = resolve(exp, overrides)
-        mode = resolve_wandb_mode(wandb)
+        cfg = resolve(exp, list(sets) + ([f"targets={targets}"] if targets else []))
     except (ConfigError, ValueError) as e:
         raise fail(str(e)) from None
-    run_dir = out if out is not None else Path("runs") / exp
-    echo(f"run dir: {run_dir}  ({'--out' if out is not None else 'default runs/<exp>'})")
+    start.say_run_dir()
     cache_dir = data_dir = None
     if cfg.targets == "cached":
         resolved = resolve_cache_dir(cache, data, split)
@@ -899,14 +936,8 @@ def train_cmd(
         if main_rank:
             show_resolved("data root", resolved)
         data_dir = resolved.path
-    run = RunSpec(
-        out=run_dir,
-        cache=cache_dir,
-        data=data_dir,
-        split=split,
-        resume=("yes" if resume_from is None else resume_from) if resume else None,
-        wandb=mode,
-    )
+    run = RunSpec(out=start.run_dir, cache=cache_dir, data=data_dir, split=split,
+                  resume=start.resume, wandb=start.wandb)
     try:
         train(cfg, run, echo=echo)
     except (ConfigError, CheckpointError, CacheMismatchError, CacheFormatError, MissingRowError,
@@ -1545,59 +1576,33 @@ def teacher_train_cmd(
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split whose videos to train on."),
     sets: list[str] = TeacherSetOpt,
-    out: Path | None = typer.Option(
-        None, "--out", help="Run directory. Default: runs/<exp> under the current directory.",
-        show_default=False,
-    ),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue the run in --out from its checkpoint, exactly (error if it has none). "
-        "`--resume auto`: continue if there is a checkpoint, else start fresh. `--resume "
-        "CKPT`: continue from that checkpoint file. Without --resume a run directory that "
-        "already holds a checkpoint is refused.",
-    ),
-    resume_from: str | None = typer.Argument(
-        None, metavar="[auto|CKPT]", help="Only after --resume: `auto` or a checkpoint path.",
-        show_default=False,
-    ),
-    wandb: str | None = typer.Option(
-        None, "--wandb", help="online | offline | disabled. Default: disabled unless "
-        "WANDB_MODE or WANDB_API_KEY is set.", show_default=False,
-    ),
+    out: Path | None = RunOutOpt,
+    resume: bool = ResumeOpt,
+    resume_from: str | None = ResumeFromArg,
+    wandb: str | None = WandbOpt,
 ) -> None:
-    import os
-
     from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.trainer.checkpoint import CheckpointError
     from salt_vla.trainer.experiments import ConfigError
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec
-    from salt_vla.trainer.metrics_log import resolve_wandb_mode
     from salt_vla.trainer.teacher_experiments import resolve_teacher
     from salt_vla.trainer.teacher_export import TeacherExportError
     from salt_vla.trainer.teacher_train import train_teacher
     from salt_vla.trainer.video_source import ClipSourceError
 
-    main_rank = os.environ.get("RANK", "0") == "0"
-    echo = say if main_rank else (lambda s: None)
-    if resume_from is not None and not resume:
-        raise fail(f"unexpected argument {resume_from!r} (did you mean --resume {resume_from}?)")
+    start = _run_start(exp, out, resume, resume_from, wandb)
     try:
         cfg = resolve_teacher(exp, sets)
-        mode = resolve_wandb_mode(wandb)
     except (ConfigError, ValueError) as e:
         raise fail(str(e)) from None
-    run_dir = out if out is not None else Path("runs") / exp
-    echo(f"run dir: {run_dir}  ({'--out' if out is not None else 'default runs/<exp>'})")
+    start.say_run_dir()
     root = resolve_data_root(data)
-    if main_rank:
+    if start.main_rank:
         show_resolved("data root", root)
-    run = RunSpec(
-        out=run_dir, data=root.path, split=split,
-        resume=("yes" if resume_from is None else resume_from) if resume else None, wandb=mode,
-    )
+    run = RunSpec(out=start.run_dir, data=root.path, split=split, resume=start.resume,
+                  wandb=start.wandb)
     try:
-        train_teacher(cfg, run, echo=echo)
+        train_teacher(cfg, run, echo=start.echo)
     except (ConfigError, CheckpointError, NonFiniteLoss, ClipSourceError, SSv2Error,
             TeacherExportError) as e:
         raise fail(str(e)) from None
