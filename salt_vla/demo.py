@@ -25,7 +25,6 @@ the same directory is refused rather than silently mixed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from typing import Any
 from salt_vla.data.synth import SynthConfig
 from salt_vla.eval.demo_report import DemoReport, read_json_object, write_demo_report
 from salt_vla.eval.probe import ProbeConfig
+from salt_vla.trainer.heartbeat import write_json_atomic
 
 VIEW = "tiny-8x64"  # the view of the tiny presets: 8 frames x 64 px -> 4 x 4 x 4 tokens
 TEACHER_EXP = "teacher-tiny"
@@ -165,12 +165,6 @@ class _Stages:
                   f"{rec.seconds:.1f} s" + (f" ({rec.detail})" if rec.detail else ""))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def _claim_dir(d: Path, cfg: DemoConfig) -> None:
     """Record the config in ``d``; refuse a directory made by a different config."""
     d.mkdir(parents=True, exist_ok=True)
@@ -186,7 +180,7 @@ def _claim_dir(d: Path, cfg: DemoConfig) -> None:
             f"differ; e.g. --quick vs the full demo): use another --out, or delete {d}"
         )
     if have is None:
-        _write_json(path, want)
+        write_json_atomic(path, want)
 
 
 # --- stages ------------------------------------------------------------------------------
@@ -278,9 +272,10 @@ def _stage_cache(d: Path, data: Path, source: str, cfg: DemoConfig,
 
 def _stage_verify(cache: Path, echo: Callable[[str], None], rec: StageTime) -> None:
     from salt_vla.cache.verify import verify_store
+    from salt_vla.eval.encoders import pick_device
 
     # --recompute: the teacher re-run on a few stored rows' frames must give their latents.
-    report = verify_store(cache, recompute=2, device=_device())
+    report = verify_store(cache, recompute=2, device=str(pick_device()))
     for line in report.table().splitlines():
         echo("  " + line)
     if not report.ok:
@@ -348,13 +343,13 @@ def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoCon
     """Probe one encoder (or reuse its result); returns (top-1, reused)."""
     from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.data.view import view_preset
-    from salt_vla.eval.encoders import EncoderError, resolve_encoder
+    from salt_vla.eval.encoders import EncoderError, pick_device, resolve_encoder
     from salt_vla.eval.features import FeatureError, compute_features
     from salt_vla.eval.probe import train_probe
 
     try:
         view = view_preset(VIEW) if name.startswith("random:") else None
-        enc = resolve_encoder(name, view, _device(), TEACHER_ARCH)
+        enc = resolve_encoder(name, view, pick_device(), TEACHER_ARCH)
     except EncoderError as e:
         raise DemoError(f"probe of {name}: {e}") from e
     path = d / f"probe-{key}.json"
@@ -378,19 +373,13 @@ def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoCon
     final = res.history[-1] if res.history else {}
     echo(f"  {key}: top-1 {100 * res.top1:.1f}% on {res.val_clips} validation clips (probe "
          f"train top-1 {100 * final.get('train_top1', float('nan')):.1f}%, {res.seconds:.1f} s)")
-    _write_json(path, {
+    write_json_atomic(path, {
         "encoder": {"name": name, **enc.describe}, "encoder_key": enc.key(), "what": what,
         "probe": asdict(cfg.probe), "final_train_top1": final.get("train_top1"),
         "classes": tr.classes, "data": str(data),
         **res.to_dict(),
     })
     return res.top1, False
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _stage_probe(d: Path, data: Path, run_dir: Path, cfg: DemoConfig,
@@ -448,7 +437,7 @@ def _record_timings(path: Path, run: SeedRun) -> None:
             stages[name] = {**prev, "reused": True}
         else:
             stages[name] = asdict(rec)
-    _write_json(path, {
+    write_json_atomic(path, {
         "stages": stages,
         "total_seconds": sum(float(v["seconds"]) for v in stages.values()),
         "last_wall_seconds": run.seconds,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salt_vla.cache.format import write_bytes_atomic
+
 # Probe rows of the table, in order: file key -> label.
 ENCODERS: dict[str, str] = {
     "random": "random-init student",
@@ -269,7 +271,7 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
            "![loss curves and probe bars](demo.png)", ""]
     md_path, json_path = out / "demo.md", out / "demo.json"
     png = plot_demo(results, out / "demo.png")
-    _write(md_path, "\n".join(md))
+    write_bytes_atomic(md_path, "\n".join(md).encode())
     payload = {
         "seeds": {str(r.seed): {"top1": r.top1, "dir": str(r.dir), "timings": r.timings,
                                 "probes": {k: {x: p.get(x) for x in
@@ -280,11 +282,6 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
                   for r in results},
         "quality_bar": bar.to_dict() if bar else None,
     }
-    _write(json_path, json.dumps(payload, indent=1) + "\n")
+    write_bytes_atomic(json_path, (json.dumps(payload, indent=1) + "\n").encode())
     return DemoReport(md_path, json_path, png, lines + [""] + notes, bar)
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

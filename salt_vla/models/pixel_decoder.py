@@ -22,7 +22,7 @@ from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 from salt_vla.models.student import (
     LayerNorm,
-    check_indices,
+    check_context,
     init_vit_weights,
     make_blocks,
     run_blocks,
@@ -98,19 +98,9 @@ class PixelDecoder(nn.Module):
         ``ctx_tokens`` ``[B, Nc, in_dim]`` are the encoder's outputs for ``ctx_idx``
         ``[B, Nc]`` (same order); every grid position not in ``ctx_idx`` is a mask token.
         """
-        if ctx_tokens.ndim != 3 or ctx_tokens.shape[-1] != self.cfg.in_dim:
-            raise ValueError(
-                f"ctx_tokens must be [B, Nc, {self.cfg.in_dim}] (in_dim = encoder width), "
-                f"got {tuple(ctx_tokens.shape)}"
-            )
-        batch, n_ctx = ctx_tokens.shape[:2]
         n_tok, width = self._grid.num_tokens, self.cfg.width
-        check_indices(ctx_idx, batch, n_tok, "ctx_idx")
-        check_indices(tgt_idx, batch, n_tok, "tgt_idx")
-        if ctx_idx.shape[1] != n_ctx:
-            raise ValueError(
-                f"ctx_idx has {ctx_idx.shape[1]} indices per sample but ctx_tokens has {n_ctx}"
-            )
+        check_context(ctx_tokens, ctx_idx, tgt_idx, self.cfg.in_dim, n_tok, "encoder")
+        batch = ctx_tokens.shape[0]
         x = self.embed(self.in_norm(ctx_tokens))
         full = self.mask_token.to(x.dtype).expand(batch, n_tok, width)
         full = full.scatter(1, ctx_idx[..., None].expand(-1, -1, width), x)

@@ -19,7 +19,7 @@ from salt_vla.models.posembed import sincos_pos_embed_3d
 from salt_vla.models.student import (
     LayerNorm,
     StudentConfig,
-    check_indices,
+    check_context,
     init_vit_weights,
     make_blocks,
     run_blocks,
@@ -109,19 +109,9 @@ class Predictor(nn.Module):
         ``ctx_tokens`` ``[B, Nc, in_dim]`` are the student's outputs for the positions
         ``ctx_idx`` ``[B, Nc]`` (same order). Indices are time-major grid positions.
         """
-        if ctx_tokens.ndim != 3 or ctx_tokens.shape[-1] != self.cfg.in_dim:
-            raise ValueError(
-                f"ctx_tokens must be [B, Nc, {self.cfg.in_dim}] (in_dim = student width), "
-                f"got {tuple(ctx_tokens.shape)}"
-            )
-        batch, n_ctx = ctx_tokens.shape[:2]
-        n_tok = self._grid.num_tokens
-        check_indices(ctx_idx, batch, n_tok, "ctx_idx")
-        check_indices(tgt_idx, batch, n_tok, "tgt_idx")
-        if ctx_idx.shape[1] != n_ctx:
-            raise ValueError(
-                f"ctx_idx has {ctx_idx.shape[1]} indices per sample but ctx_tokens has {n_ctx}"
-            )
+        check_context(ctx_tokens, ctx_idx, tgt_idx, self.cfg.in_dim, self._grid.num_tokens,
+                      "student")
+        n_ctx = ctx_tokens.shape[1]
         x = self.embed(ctx_tokens)
         # No casts: under autocast the fp32 table keeps the residual stream in fp32.
         x = x + self.pos_embed[ctx_idx]

@@ -124,6 +124,26 @@ def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor, what: str) -> torch.T
     return torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
+def check_context(
+    ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, in_dim: int,
+    num_tokens: int, source: str,
+) -> None:
+    """Inputs of a context -> target head (predictor, pixel decoder): ``ctx_tokens``
+    ``[B, Nc, in_dim]`` output by ``source``, ``ctx_idx`` ``[B, Nc]``, ``tgt_idx`` ``[B, Nt]``."""
+    if ctx_tokens.ndim != 3 or ctx_tokens.shape[-1] != in_dim:
+        raise ValueError(
+            f"ctx_tokens must be [B, Nc, {in_dim}] (in_dim = {source} width), "
+            f"got {tuple(ctx_tokens.shape)}"
+        )
+    batch, n_ctx = ctx_tokens.shape[:2]
+    check_indices(ctx_idx, batch, num_tokens, "ctx_idx")
+    check_indices(tgt_idx, batch, num_tokens, "tgt_idx")
+    if ctx_idx.shape[1] != n_ctx:
+        raise ValueError(
+            f"ctx_idx has {ctx_idx.shape[1]} indices per sample but ctx_tokens has {n_ctx}"
+        )
+
+
 def check_indices(idx: torch.Tensor, batch: int, num_tokens: int, what: str) -> None:
     """Shape/dtype checks; the value range is checked only on CPU (a GPU check would sync)."""
     if idx.ndim != 2 or idx.shape[0] != batch:

@@ -38,6 +38,26 @@ def mean_baseline(target: torch.Tensor, kind: str) -> torch.Tensor:
     return token_loss(flat.mean(0, keepdim=True).expand_as(flat), flat, kind)
 
 
+def group_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask group's loss and its logged stats ``[loss, normalised loss, cosine]``."""
+    loss = token_loss(pred, target, kind)
+    with torch.no_grad():
+        norm = loss.detach() / mean_baseline(target, kind).clamp_min(1e-12)
+        cos = F.cosine_similarity(pred.detach(), target, dim=-1).mean()
+        stats = torch.stack([loss.detach(), norm, cos])
+    return loss, stats
+
+
+def mean_over_groups(
+    groups: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and mean stats over mask groups (each from :func:`group_loss`)."""
+    return (torch.stack([g[0] for g in groups]).mean(),
+            torch.stack([g[1] for g in groups]).mean(0))
+
+
 class SaltModel(nn.Module):
     """Student + predictor as one module, so DDP wraps (and syncs) both with one forward."""
 
@@ -56,16 +76,9 @@ class SaltModel(nn.Module):
         tgt_idx [B, Nt])``; ``targets``: teacher latents ``[B, N, D]`` (any float dtype).
         """
         losses = []
-        stats = []
         for ctx_idx, tgt_idx in masks:
             z = self.student(x, ctx_idx)
             pred = self.predictor(z, ctx_idx, tgt_idx).float()
-            tgt = gather_targets(targets, tgt_idx).float()
-            loss = token_loss(pred, tgt, self.loss_kind)
-            losses.append(loss)
-            with torch.no_grad():
-                norm = loss.detach() / mean_baseline(tgt, self.loss_kind).clamp_min(1e-12)
-                cos = F.cosine_similarity(pred.detach(), tgt, dim=-1).mean()
-                stats.append(torch.stack([loss.detach(), norm, cos]))
-        loss = torch.stack(losses).mean()
-        return loss, torch.stack(stats).mean(0)
+            losses.append(group_loss(pred, gather_targets(targets, tgt_idx).float(),
+                                     self.loss_kind))
+        return mean_over_groups(losses)

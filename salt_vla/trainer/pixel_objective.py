@@ -12,14 +12,13 @@ so this objective needs no target source: the loop passes ``targets=None``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from salt_vla.models.pixel_decoder import PixelDecoder
 from salt_vla.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from salt_vla.models.student import gather_tokens, run_blocks
 from salt_vla.models.teacher import Teacher, TeacherSpec
-from salt_vla.trainer.objective import Masks, gather_targets, mean_baseline, token_loss
+from salt_vla.trainer.objective import Masks, gather_targets, group_loss, mean_over_groups
 
 NORM_EPS = 1e-6  # VideoMAE adds it to the per-patch std
 
@@ -136,15 +135,9 @@ class PixelModel(nn.Module):
         """
         spec = self.encoder.spec
         pixels = pixel_targets(x, spec.tubelet, spec.patch, self.norm_pix)
-        losses, stats = [], []
+        losses = []
         for ctx_idx, tgt_idx in masks:
             z = encode_context(self.encoder, x, ctx_idx, self.grad_checkpointing)
             pred = self.decoder(z, ctx_idx, tgt_idx).float()
-            tgt = gather_targets(pixels, tgt_idx)
-            loss = token_loss(pred, tgt, self.loss_kind)
-            losses.append(loss)
-            with torch.no_grad():
-                norm = loss.detach() / mean_baseline(tgt, self.loss_kind).clamp_min(1e-12)
-                cos = F.cosine_similarity(pred.detach(), tgt, dim=-1).mean()
-                stats.append(torch.stack([loss.detach(), norm, cos]))
-        return torch.stack(losses).mean(), torch.stack(stats).mean(0)
+            losses.append(group_loss(pred, gather_targets(pixels, tgt_idx), self.loss_kind))
+        return mean_over_groups(losses)

@@ -118,10 +118,11 @@ class VideoFrames:
     """Frames straight from the videos of an SSv2-layout split, through the config's view
     (online targets, and the decode-speed baseline of the loader benchmark)."""
 
-    def __init__(self, root: Path | str, split: str, spec: Any, backend: str = "auto") -> None:
+    def __init__(self, root: Path | str, split: str, spec: Any, backend: str = "auto",
+                 allow_missing: bool = False) -> None:
         from salt_vla.data.ssv2 import load_split
 
-        self.index = load_split(root, split)
+        self.index = load_split(root, split, allow_missing=allow_missing)
         self.ids = [e.id for e in self.index.entries]
         self.spec = spec
         self.backend = backend
@@ -130,6 +131,7 @@ class VideoFrames:
         return len(self.ids) * self.spec.n_views
 
     def frames(self, row: int) -> np.ndarray:
+        """uint8 ``[T, size, size, 3]``: view ``row % n_views`` of video ``row // n_views``."""
         from salt_vla.data.view import load_view
 
         video, view = divmod(row, self.spec.n_views)

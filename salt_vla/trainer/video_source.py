@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from salt_vla.trainer.build import spec_grid, view_spec
-from salt_vla.trainer.sources import DataSources
+from salt_vla.trainer.sources import DataSources, VideoFrames
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def read_failures(path: Path | str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-class VideoClips:
+class VideoClips(VideoFrames):
     """Frame source over a split's videos: row ``r`` is view ``r % n_views`` of video
     ``r // n_views`` rendered by ``load_view``; unreadable videos are skipped (see module doc).
     """
@@ -73,32 +73,17 @@ class VideoClips:
         self, root: Path | str, split: str, spec: Any, failures: Path | None = None,
         backend: str = "auto", max_skip: int = MAX_SKIP,
     ) -> None:
-        from salt_vla.data.ssv2 import load_split
-
-        self.index = load_split(root, split, allow_missing=True)
-        self.ids = [e.id for e in self.index.entries]
+        super().__init__(root, split, spec, backend, allow_missing=True)
         if not self.ids:
             raise ClipSourceError(
                 f"split {split!r} of {root} has no videos on disk "
                 f"({len(self.index.missing)} listed but missing); check --data and --split"
             )
-        self.spec = spec
         self.failures = failures
-        self.backend = backend
         self.max_skip = max_skip
         self._bad: set[int] = set()  # videos known unreadable in this process
         for vid in self.index.missing:
             record_failure(failures, {"id": vid, "error": "missing: no video file on disk"})
-
-    def __len__(self) -> int:
-        return len(self.ids) * self.spec.n_views
-
-    def _load(self, row: int) -> np.ndarray:
-        from salt_vla.data.view import load_view
-
-        video, view = divmod(row, self.spec.n_views)
-        vid = self.ids[video]
-        return load_view(self.index.video_path(vid), self.spec, vid, view, self.backend)
 
     def frames(self, row: int) -> np.ndarray:
         """uint8 ``[T, size, size, 3]`` of ``row``, or of the next decodable row."""
@@ -112,7 +97,7 @@ class VideoClips:
             if video in self._bad:
                 continue
             try:
-                return self._load(r)
+                return super().frames(r)
             except (VideoDecodeError, ValueError, OSError) as e:
                 self._bad.add(video)
                 errors.append(f"{self.ids[video]}: {e}")
