@@ -89,6 +89,8 @@ def demo_config(seed: int = 0, quick: bool = False, teacher: str = "stage1",
     under 3 minutes: a few dozen videos, a handful of steps per stage; its numbers mean
     nothing). ``seed`` seeds everything: the data, both trainings, the baseline and the probe.
     """
+    if seed < 0:
+        raise DemoError(f"--seed {seed}: seeds are integers >= 0")
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
     if quick:
         return DemoConfig(
@@ -167,7 +169,11 @@ class _Stages:
 
 def _claim_dir(d: Path, cfg: DemoConfig) -> None:
     """Record the config in ``d``; refuse a directory made by a different config."""
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot create the demo directory {d} ({e.strerror}): choose an "
+                        "--out you can write to") from e
     path = d / "demo-config.json"
     want = cfg.to_dict()
     have = read_json_object(path)

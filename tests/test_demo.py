@@ -102,3 +102,14 @@ def test_table_has_each_seed_and_the_mean() -> None:
     assert lines[0] == "| encoder | seed 0 | seed 1 | mean | std |"
     salt = next(line for line in lines if line.startswith("| SALT student"))
     assert "75.0%" in salt and "65.0%" in salt and "70.0%" in salt
+
+
+def test_bad_seed_and_unwritable_out_are_clear_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    neg = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--seed", "-1"])
+    assert neg.exit_code == 1 and "--seed -1" in neg.output, neg.output
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    bad = runner.invoke(app, ["demo", "--quick", "--out", str(blocker)])
+    assert bad.exit_code == 1 and "cannot create the demo directory" in bad.output, bad.output
+    assert blocker.read_text() == "not a directory"
