@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from salt_vla import __version__
+from salt_vla.files import write_json_atomic
 from salt_vla.paths import Resolved, resolve_cache_dir, resolve_data_root
 
 app = typer.Typer(
@@ -1054,7 +1055,8 @@ def eval_probe(
 
     from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.data.view import view_preset as get_view
-    from salt_vla.eval.encoders import EncoderError, pick_device, resolve_encoder
+    from salt_vla.distributed import pick_device
+    from salt_vla.eval.encoders import EncoderError, resolve_encoder
     from salt_vla.eval.features import FeatureError, compute_features, feature_nbytes
     from salt_vla.eval.probe import ProbeConfig, train_probe
 
@@ -1130,10 +1132,7 @@ def eval_probe(
         "device": str(dev),
         "wall_seconds": time.perf_counter() - t0,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out_path)
+    write_json_atomic(out_path, result)
     say(f"wrote {out_path}")
 
 
@@ -1188,11 +1187,10 @@ def eval_intphys(
         show_default=False,
     ),
 ) -> None:
-    import json
     import time
 
     from salt_vla.data.video import VideoDecodeError
-    from salt_vla.eval.encoders import pick_device
+    from salt_vla.distributed import pick_device
     from salt_vla.eval.intphys import (
         IntPhysError,
         SurpriseConfig,
@@ -1255,10 +1253,7 @@ def eval_intphys(
         **res,
         "device": str(dev), "wall_seconds": time.perf_counter() - t0,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out_path)
+    write_json_atomic(out_path, result)
     say(f"wrote {out_path}")
 
 

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from salt_vla.data.synth import SynthConfig
+from salt_vla.errors import SaltError
 from salt_vla.eval.demo_report import DemoReport, read_json_object, write_demo_report
 from salt_vla.eval.probe import ProbeConfig
-from salt_vla.trainer.heartbeat import write_json_atomic
+from salt_vla.files import write_json_atomic
 
 VIEW = "tiny-8x64"  # the view of the tiny presets: 8 frames x 64 px -> 4 x 4 x 4 tokens
 TEACHER_EXP = "teacher-tiny"
@@ -46,7 +47,7 @@ STAGES = ("data", "teacher", "cache", "verify", "train", "probe", "report")
 RUNTIME_KEYS = frozenset({"workers"})  # DemoConfig keys a re-run may change
 
 
-class DemoError(RuntimeError):
+class DemoError(SaltError, RuntimeError):
     """A demo stage that cannot run or whose output is wrong; the message says the fix."""
 
 
@@ -278,7 +279,7 @@ def _stage_cache(d: Path, data: Path, source: str, cfg: DemoConfig,
 
 def _stage_verify(cache: Path, echo: Callable[[str], None], rec: StageTime) -> None:
     from salt_vla.cache.verify import verify_store
-    from salt_vla.eval.encoders import pick_device
+    from salt_vla.distributed import pick_device
 
     # --recompute: the teacher re-run on a few stored rows' frames must give their latents.
     report = verify_store(cache, recompute=2, device=str(pick_device()))
@@ -349,7 +350,8 @@ def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoCon
     """Probe one encoder (or reuse its result); returns (top-1, reused)."""
     from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.data.view import view_preset
-    from salt_vla.eval.encoders import EncoderError, pick_device, resolve_encoder
+    from salt_vla.distributed import pick_device
+    from salt_vla.eval.encoders import EncoderError, resolve_encoder
     from salt_vla.eval.features import FeatureError, compute_features
     from salt_vla.eval.probe import train_probe
 

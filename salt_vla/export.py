@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path, write_json_atomic
 from salt_vla.models.pixels import IMAGENET_MEAN, IMAGENET_STD, frames_to_input
 from salt_vla.models.student import Student, StudentConfig
 
@@ -38,7 +40,7 @@ METADATA_KEY = "salt_vla_encoder"
 POS_EMBED_KEY = "pos_embed"  # also stored, so other codebases need not recompute it
 
 
-class ExportError(ValueError):
+class ExportError(SaltError, ValueError):
     """A run that cannot be exported or a file that is not an exported encoder."""
 
 
@@ -140,15 +142,11 @@ def export_encoder(
     out = Path(out).expanduser() if out is not None else run_dir / "encoder.safetensors"
     if out.suffix != ".safetensors":
         raise ExportError(f"--out {out}: name the file *.safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
     sidecar = out.with_suffix(".json")
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps({**config, "weights": out.name, "sha256": digest}, indent=1) + "\n")
-    tmp.replace(sidecar)
+    write_json_atomic(sidecar, {**config, "weights": out.name, "sha256": digest})
     n = sum(v.numel() for k, v in tensors.items() if k != POS_EMBED_KEY)
     return ExportResult(out, sidecar, config, n)
 

@@ -82,14 +82,11 @@ class BuildResult:
 
 
 def resolve_device(device: str, ranks: BuildRanks) -> str:
-    """"auto" -> this rank's GPU when CUDA is available, else "cpu"."""
-    import torch
+    """The teacher's device for this rank: ``auto``/``cuda`` -> this rank's GPU (CPU for
+    ``auto`` without CUDA); ``cpu`` and ``cuda:N`` as given."""
+    from salt_vla.distributed import pick_device
 
-    if device == "auto":
-        return f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and ranks.distributed:
-        return f"cuda:{ranks.local_rank}"
-    return device
+    return str(pick_device(device, ranks.local_rank))
 
 
 def make_teacher_fn(teacher: Any, device: str, dtype: str = "float16") -> TeacherFn:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from salt_vla.errors import SaltError
+from salt_vla.files import write_bytes_atomic
 
 FORMAT_NAME = "salt-vla-latent-cache"
 FORMAT_VERSION = 1
@@ -50,7 +52,7 @@ IDENTITY_KEYS = ("format", "format_version", "split", "teacher", "view", "frames
                  "rows")
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(SaltError, ValueError):
     """A store's files do not match the format (missing, malformed, or from another version)."""
 
 
@@ -188,33 +190,8 @@ def identity_digest(manifest: dict) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable (POSIX needs the directory synced too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix:
-    temp file in the same directory, fsync, os.replace, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """The store's JSON files: canonical bytes (:func:`dumps`) through the one atomic writer."""
     write_bytes_atomic(path, dumps(obj))
 
 

@@ -26,16 +26,17 @@ from salt_vla.cache.format import (
     zarr_array_metadata,
 )
 from salt_vla.cache.shard import EMPTY, ShardIndexError, index_nbytes, parse_index
+from salt_vla.errors import SaltError
 
 
-class MissingRowError(KeyError):
+class MissingRowError(SaltError, KeyError):
     """A requested row has no latents (its video failed to decode, or its shard is missing)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(SaltError, ValueError):
     """The cache was built for another view or teacher than the caller expects."""
 
 

@@ -47,25 +47,25 @@ from salt_vla.cache.format import (
     dumps,
     frame_key,
     frames_shard_relpath,
-    fsync_dir,
     identity_digest,
     latent_shard_relpath,
     num_shards,
     read_json,
     shard_rows,
-    write_bytes_atomic,
     write_json_atomic,
     zarr_array_metadata,
 )
 from salt_vla.cache.frames import FramesTarWriter
 from salt_vla.cache.shard import ShardFileWriter
+from salt_vla.errors import SaltError
+from salt_vla.files import fsync_dir, write_bytes_atomic
 
 # Fault injection for the crash-safety tests: "<point>:<shard>" SIGKILLs this process at that
 # point of that shard's commit. Points: after-tmp, after-rename, after-record.
 CRASH_ENV = "SALT_CACHE_CRASH_AT"
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(SaltError, RuntimeError):
     """The build cannot go on; the message names the path and what to do."""
 
 

@@ -7,7 +7,6 @@ frame count, fps and size of what decoded.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import warnings
@@ -30,6 +29,7 @@ from salt_vla.data.ssv2 import (
     split_path,
 )
 from salt_vla.data.video import VideoDecodeError, decode_chosen
+from salt_vla.files import write_text_atomic
 
 DEFAULT_SCAN = 8
 
@@ -248,9 +248,7 @@ def write_missing(path: Path | str, summary: DatasetSummary) -> int:
     """
     path = Path(path)
     ids = [vid for s in summary.splits for vid in s.missing]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{vid}\n" for vid in ids))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{vid}\n" for vid in ids))
     return len(ids)
 
 

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from salt_vla.errors import SaltError
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 LABELS_FILE = "labels.json"
 VIDEO_EXT = ".webm"
@@ -38,7 +40,7 @@ VIDEO_SUBDIR = "videos"
 _SHOW_IDS = 5
 
 
-class SSv2Error(ValueError):
+class SSv2Error(SaltError, ValueError):
     """The dataset's files are missing, malformed or inconsistent; the message says the fix."""
 
 

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from salt_vla.data.video import write_webm
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 
 GENERATOR = "salt_vla.data.synth"
 FORMAT_VERSION = 1
@@ -46,7 +48,7 @@ _SCENE_STREAM = 0x5343454E
 _CAMERA_STREAM = 0x43414D45
 
 
-class SynthError(ValueError):
+class SynthError(SaltError, ValueError):
     """Bad synthetic-dataset configuration or output directory; the message says the fix."""
 
 
@@ -662,16 +664,6 @@ class SynthSummary:
     workers: int
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
 def _previous_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
@@ -705,9 +697,8 @@ def _make_one(job: tuple[SynthConfig, int, int, str]) -> tuple[int, list[str]]:
     cfg, index, class_index, path = job
     try:
         frames, placeholders = render_video(cfg, index, class_index)
-        tmp = path + ".tmp"
-        write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
     except Exception as e:  # name the video: a bare encoder error says nothing about which
         raise SynthError(f"synthetic video {index + 1} ({path}) failed: {e!r}") from None
     return index, placeholders
@@ -751,7 +742,7 @@ def generate_dataset(
         "templates": list(TEMPLATES[: cfg.classes]),
         "ids": {"first": 1, "last": len(plan)},
     }
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
 
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, len(plan))
@@ -790,10 +781,10 @@ def generate_dataset(
             }
         )
     for split in SPLITS:
-        _write_json(out / f"{split}.json", entries[split])
+        write_json_atomic(out / f"{split}.json", entries[split])
     labels = {class_name(t): str(i) for i, t in enumerate(TEMPLATES[: cfg.classes])}
-    _write_json(out / "labels.json", labels)
-    _atomic_write_text(out / TEST_ANSWERS, "".join(a + "\n" for a in answers))
+    write_json_atomic(out / "labels.json", labels)
+    write_text_atomic(out / TEST_ANSWERS, "".join(a + "\n" for a in answers))
 
     if previous is not None:  # videos of an earlier, larger synth run that no entry names now
         last = int(previous.get("ids", {}).get("last", 0))
@@ -809,7 +800,7 @@ def generate_dataset(
         for s in SPLITS
     }
     manifest.update(complete=True, counts=counts, class_counts=per_class, seconds=round(seconds, 2))
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     return SynthSummary(
         root=out,
         counts=counts,

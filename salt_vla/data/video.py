@@ -19,13 +19,15 @@ from types import ModuleType
 import av  # must load before decord: decord's bundled FFmpeg breaks PyAV's VP9 encoder otherwise
 import numpy as np
 
+from salt_vla.errors import SaltError
+
 BACKENDS = ("auto", "decord", "pyav")
 
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _SEGMENT_ID = 0x18538067
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(SaltError):
     """A video file could not be read; ``path`` names the file and ``cause`` says why."""
 
     def __init__(self, path: Path | str, cause: str) -> None:

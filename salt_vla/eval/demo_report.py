@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salt_vla.cache.format import write_bytes_atomic
+from salt_vla.errors import SaltError
+from salt_vla.files import write_json_atomic, write_text_atomic
 
 # Probe rows of the table, in order: file key -> label.
 ENCODERS: dict[str, str] = {
@@ -27,7 +28,7 @@ ENCODERS: dict[str, str] = {
 BAR_SEEDS = 3  # the quality bar is defined as a mean over this many seeds
 
 
-class DemoReportError(ValueError):
+class DemoReportError(SaltError, ValueError):
     """Nothing to report: no finished seed under the demo directory."""
 
 
@@ -271,7 +272,7 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
            "![loss curves and probe bars](demo.png)", ""]
     md_path, json_path = out / "demo.md", out / "demo.json"
     png = plot_demo(results, out / "demo.png")
-    write_bytes_atomic(md_path, "\n".join(md).encode())
+    write_text_atomic(md_path, "\n".join(md))
     payload = {
         "seeds": {str(r.seed): {"top1": r.top1, "dir": str(r.dir), "timings": r.timings,
                                 "probes": {k: {x: p.get(x) for x in
@@ -282,6 +283,6 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
                   for r in results},
         "quality_bar": bar.to_dict() if bar else None,
     }
-    write_bytes_atomic(json_path, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json_atomic(json_path, payload)
     return DemoReport(md_path, json_path, png, lines + [""] + notes, bar)
 

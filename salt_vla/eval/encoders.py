@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from salt_vla.data.view import ViewSpec
+from salt_vla.errors import SaltError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.models.pixels import frames_to_input
 
@@ -35,7 +36,7 @@ RANDOM_PREFIX = "random:"
 TEACHER_PREFIX = "teacher:"
 
 
-class EncoderError(ValueError):
+class EncoderError(SaltError, ValueError):
     """An ``--encoder`` value that cannot be resolved; the message says what is accepted."""
 
 
@@ -74,17 +75,6 @@ class FrozenEncoder:
         """Stable id of (encoder identity, view): features with the same key are the same."""
         text = json.dumps({"encoder": self.describe, "view": self.view.hash()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {choice!r}: choose auto, cpu or cuda")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
 
 
 def _check_same_shape(view: ViewSpec, want: ViewSpec, what: str) -> None:

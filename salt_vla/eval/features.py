@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from salt_vla.errors import SaltError
 from salt_vla.eval.encoders import FrozenEncoder
+from salt_vla.files import write_json_atomic
 
 STORE_DTYPE = np.float16
 FEATURES_FILE = "features.npy"
@@ -35,7 +37,7 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 
 
-class FeatureError(ValueError):
+class FeatureError(SaltError, ValueError):
     """A split that cannot be featurised (unlabeled, empty, every clip failed...)."""
 
 
@@ -208,7 +210,5 @@ def _commit(entry: Path, tmp_path: Path, fs: FeatureSet, encoder: FrozenEncoder)
             "view": encoder.view.to_dict(), "view_hash": encoder.view.hash(),
             "split": fs.split, "ids": fs.ids, "labels": fs.labels.tolist(), "failed": fs.failed,
             "shape": list(fs.features.shape), "dtype": np.dtype(STORE_DTYPE).name}
-    tmp_meta = entry / f".{META_FILE}.tmp"
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, entry / META_FILE)
+    write_json_atomic(entry / META_FILE, meta)
     return final

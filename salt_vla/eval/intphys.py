@@ -42,13 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_vla.errors import SaltError
 from salt_vla.models.pixels import frames_to_input
 
 ERRORS = ("l1", "l2")
 PAIRS_FILE = "pairs.json"
 
 
-class IntPhysError(ValueError):
+class IntPhysError(SaltError, ValueError):
     """Bad pairs file, context or setting; the message says the fix."""
 
 

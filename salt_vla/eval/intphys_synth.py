@@ -36,7 +36,6 @@ from __future__ import annotations
 import colorsys
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path, write_json_atomic
 
 GENERATOR = "salt_vla.eval.intphys_synth"
 FORMAT_VERSION = 1
@@ -54,7 +56,7 @@ KINDS: tuple[str, ...] = ("vanish", "teleport", "wall", "colour")
 _PAIR_STREAM = 0x1A7F5
 
 
-class IntPhysSynthError(ValueError):
+class IntPhysSynthError(SaltError, ValueError):
     """Bad intuitive-physics synth config or output directory; the message says the fix."""
 
 
@@ -263,12 +265,11 @@ def _write_one(job: tuple[IntPhysSynthConfig, int, str]) -> dict[str, Any]:
     entry = {"id": pid, "kind": pair.kind, "event_frame": pair.event_frame}
     for which, frames in (("possible", pair.possible), ("impossible", pair.impossible)):
         path = Path(videos) / f"{pid}-{which}.webm"
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
+            with atomic_path(path) as tmp:
+                write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
         except Exception as e:  # name the file: a bare encoder error says nothing about which
             raise IntPhysSynthError(f"pair {pid} ({path}) failed to encode: {e!r}") from None
-        os.replace(tmp, path)
         entry[which] = f"{VIDEOS_DIR}/{path.name}"
     return entry
 
@@ -329,8 +330,6 @@ def generate_intphys(
         "config": cfg.to_dict(), "frames": cfg.frames, "fps": cfg.fps, "height": cfg.height,
         "width": cfg.width, "pairs": entries,
     }
-    tmp = out / f".{PAIRS_FILE}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / PAIRS_FILE)
+    write_json_atomic(out / PAIRS_FILE, manifest)
     by_kind = {k: sum(e["kind"] == k for e in entries) for k in cfg.kinds}
     return IntPhysSynthSummary(out, len(entries), by_kind, time.perf_counter() - t0, workers)

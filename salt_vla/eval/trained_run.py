@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from salt_vla.errors import SaltError
 from salt_vla.models.predictor import Predictor
 from salt_vla.models.student import Student
 from salt_vla.models.teacher import TeacherSpec
@@ -29,7 +30,7 @@ CKPT_NAME = "ckpt.pt"
 CACHE_MANIFEST = "cache.json"
 
 
-class RunError(ValueError):
+class RunError(SaltError, ValueError):
     """A run directory or checkpoint that cannot be evaluated; the message says the fix."""
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salt_vla.models.checkpoint import (
-    CheckpointError,
+    StateDictError,
     diff_state_dict,
     load_checkpoint,
     save_state_dict,
@@ -437,7 +437,7 @@ def load_teacher(
 
     A checkpoint (``.pth``/``.pt`` bare or wrapped in 'model'/'module'/'state_dict', or
     ``.safetensors``) must match ``spec.arch`` exactly: missing, unexpected or mis-shaped
-    keys raise one :class:`CheckpointError` listing them, with a hint at the right arch.
+    keys raise one :class:`StateDictError` listing them, with a hint at the right arch.
     ``fc_norm.*``, ``head.*`` and ``norm.*`` are accepted and ignored (see
     :attr:`Teacher.ignored_keys`). Layer scale is used iff the file has ``gamma_1``.
 
@@ -465,7 +465,7 @@ def load_teacher(
         diff = diff_state_dict(state, teacher.state_dict(), ignore=IGNORED_KEY_PATTERNS)
         if not diff.ok:
             a = teacher.arch
-            raise CheckpointError(
+            raise StateDictError(
                 ckpt.path,
                 f"does not match VideoMAEv2 {spec.arch} (dim {a.dim}, {a.depth} blocks, "
                 f"tubelet {spec.tubelet}, patch {spec.patch}, "

@@ -8,7 +8,6 @@ RNG state is converted to a tensor and back.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path
+
 CKPT_NAME = "ckpt.pt"
 FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SaltError, RuntimeError):
     """A checkpoint that is missing, unreadable or from an incompatible run."""
 
 
@@ -33,23 +35,8 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one,
     never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
     return path
 
 

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from salt_vla.errors import SaltError
+
 # String-valued keys that only take a few values (checked by `validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "student": ("tiny", "small", "base", "large"),
@@ -34,7 +36,7 @@ RUNTIME_KEYS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(SaltError, ValueError):
     """A bad experiment name, override or value; the message says what is valid."""
 
 

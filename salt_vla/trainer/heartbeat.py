@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from salt_vla.files import write_json_atomic
+
 HEARTBEAT_NAME = "heartbeat.json"
 STATUSES = ("running", "finished", "stopped", "failed")
 
@@ -26,13 +28,6 @@ STATUSES = ("running", "finished", "stopped", "failed")
 def heartbeat_path(run_dir: Path | str) -> Path:
     """Where a run keeps its heartbeat."""
     return Path(run_dir) / HEARTBEAT_NAME
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON via a temp file and a rename: readers see the old or new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def read_heartbeat(run_dir: Path | str) -> dict[str, Any] | None:
@@ -107,8 +102,8 @@ class Heartbeat:
 
     def _write(self) -> None:
         self.state["time"] = time.time()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.state)
+        # Rewritten every few seconds: atomic, but not worth an fsync each time.
+        write_json_atomic(self.path, self.state, durable=False)
         self._last_write = time.monotonic()
 
     def start(self, step: int = 0) -> None:

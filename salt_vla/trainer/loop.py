@@ -17,9 +17,7 @@ the checkpoints.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -30,9 +28,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from salt_vla import distributed as dist_utils
+from salt_vla.errors import SaltError
+from salt_vla.files import write_json_atomic
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
-from salt_vla.trainer import distributed as dist_utils
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -61,7 +61,7 @@ from salt_vla.trainer.task import SALT_TASK, Task
 CONFIG_NAME = "config.json"
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(SaltError, RuntimeError):
     """Training stopped on a non-finite loss or gradient (after ``skip_nonfinite`` skips)."""
 
 
@@ -121,11 +121,7 @@ def find_resume(run: RunSpec) -> Path | None:
 
 def write_run_config(run_dir: Path, cfg: Any, extra: dict[str, Any]) -> Path:
     """``run_dir/config.json``: the resolved config plus where the run got its data."""
-    path = run_dir / CONFIG_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), **extra}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(run_dir / CONFIG_NAME, {"config": cfg.to_dict(), **extra})
 
 
 def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextManager:

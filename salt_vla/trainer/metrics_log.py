@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from salt_vla.files import write_text_atomic
+
 METRICS_NAME = "metrics.jsonl"
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -71,9 +73,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
             continue
         if rec.get("step", 0) <= last_step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 def read_metrics(path: Path | str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salt_vla.errors import SaltError
 from salt_vla.trainer.run_status import (
     DEFAULT_WINDOW,
     RunFiles,
@@ -34,7 +35,7 @@ IGNORED_KEYS = frozenset({"notes", "wandb_run", "wandb_project", "num_workers",
                           "prefetch_factor", "log_every", "ckpt_every"})
 
 
-class ReportError(ValueError):
+class ReportError(SaltError, ValueError):
     """Nothing to report on (e.g. a path that is not a run directory)."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salt_vla.errors import SaltError
 from salt_vla.trainer.heartbeat import pid_alive, read_heartbeat, this_host
 
 CONFIG_NAME = "config.json"
@@ -31,7 +32,7 @@ MIN_STALL_S = 600.0  # never call a run stalled sooner (startup, compile, a slow
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NONFINITE = 0, 1, 2
 
 
-class RunStatusError(ValueError):
+class RunStatusError(SaltError, ValueError):
     """A path that is not a run directory, sweep directory or a folder of them."""
 
 

@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salt_vla.trainer.heartbeat import pid_alive, process_start, this_host, write_json_atomic
+from salt_vla.errors import SaltError
+from salt_vla.files import write_json_atomic
+from salt_vla.trainer.heartbeat import pid_alive, process_start, this_host
 from salt_vla.trainer.run_status import (
     EXIT_NONFINITE,
     EXIT_OK,
@@ -99,7 +101,7 @@ set = ["epochs=@FINAL_EPOCHS@"]
 """
 
 
-class SweepError(ValueError):
+class SweepError(SaltError, ValueError):
     """A bad spec, a sweep directory in an inconsistent state, or a run the sweep cannot
     continue past; the message names the file or run and the fix."""
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from salt_vla.cache.frames import decode_jpeg
+from salt_vla.errors import SaltError
 
 
-class FramesIndexError(ValueError):
+class FramesIndexError(SaltError, ValueError):
     """A frames tar that cannot be indexed, or a row it does not hold."""
 
 

@@ -12,13 +12,14 @@ records the file's sha256 (the same hash ``salt cache build`` writes into cache.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from salt_vla.errors import SaltError
+from salt_vla.files import write_text_atomic
 from salt_vla.models.checkpoint import file_sha256, save_state_dict
 from salt_vla.models.teacher import TeacherSpec, load_teacher
 from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
@@ -27,7 +28,7 @@ from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
 EXPORT_NAME = "teacher.pth"
 
 
-class TeacherExportError(ValueError):
+class TeacherExportError(SaltError, ValueError):
     """A run or checkpoint that cannot be exported as a teacher; says what it is instead."""
 
 
@@ -98,7 +99,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
     if loaded.sha256 != sha:  # pragma: no cover - nothing rewrote the file in between
         raise TeacherExportError(f"{out} changed while it was being checked")
     sha_path = out.with_name(out.name + ".sha256")
-    _write_text(sha_path, f"{sha}  {out.name}\n")
+    write_text_atomic(sha_path, f"{sha}  {out.name}\n")
     meta: dict[str, Any] = {
         "format": "VideoMAEv2 encoder (official fine-tune key layout, bare state dict)",
         "sha256": sha,
@@ -111,12 +112,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
         "torch": torch.__version__,
     }
     meta_path = out.with_name(out.name + ".json")
-    _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
     return TeacherExport(out, sha, sha_path, meta_path, spec, cfg.view, int(state["step"]),
                          int(state["total_steps"]))
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

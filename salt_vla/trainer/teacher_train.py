@@ -10,7 +10,6 @@ the encoder is exported as ``RUN_DIR/teacher.pth`` (:mod:`teacher_export`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salt_vla.distributed import is_main_process
 from salt_vla.masking.config import MaskConfig
 from salt_vla.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from salt_vla.models.teacher import TeacherSpec
@@ -101,7 +101,7 @@ def train_teacher(
     encoder to ``RUN_DIR/teacher.pth`` (with ``export``). ``sources`` (tests) replaces
     opening the videos under ``run.data``."""
     result = train(cfg, run, sources, echo, task=PIXEL_TASK)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     failures = read_failures(Path(run.out) / FAILURES_NAME)
     if main and failures:
         echo(f"warning: {len(failures)} video(s) could not be decoded and were skipped; see "

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from salt_vla.errors import SaltError
 from salt_vla.trainer.build import spec_grid, view_spec
 from salt_vla.trainer.sources import DataSources, VideoFrames
 
@@ -31,7 +32,7 @@ FAILURES_NAME = "decode_failures.jsonl"
 MAX_SKIP = 32  # consecutive unreadable clips tolerated before the data is declared broken
 
 
-class ClipSourceError(RuntimeError):
+class ClipSourceError(SaltError, RuntimeError):
     """Too many consecutive clips could not be decoded: the data (or the decoder) is broken."""
 
 

@@ -1,0 +1,21 @@
+"""The one error base: every error a user can cause is a :class:`SaltError`.
+
+The CLI catches ``SaltError`` in one place, prints its message and exits 1; anything else
+is a bug and keeps its traceback. Specific classes stay (callers and tests catch them by
+name) and usually also derive from the builtin they used to be (``ValueError``,
+``RuntimeError``, ...), so code that caught the builtin keeps working.
+
+A message says what is wrong, names the file or value, and says the fix.
+"""
+
+from __future__ import annotations
+
+
+class SaltError(Exception):
+    """Base of every user-facing salt-vla error; its message names the file/value and the fix."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; a user should read the sentence, not its repr.
+        if len(self.args) == 1 and isinstance(self.args[0], str):
+            return self.args[0]
+        return super().__str__()
