@@ -347,47 +347,21 @@ def _encoders(cfg: DemoConfig, run_dir: Path) -> dict[str, tuple[str, str]]:
 
 def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoConfig,
                echo: Callable[[str], None]) -> tuple[float, bool]:
-    """Probe one encoder (or reuse its result); returns (top-1, reused)."""
-    from salt_vla.data.ssv2 import SSv2Error
+    """Probe one encoder through the one probe workflow (or reuse its result); returns
+    (top-1, reused)."""
     from salt_vla.data.view import view_preset
-    from salt_vla.distributed import pick_device
-    from salt_vla.eval.encoders import EncoderError, resolve_encoder
-    from salt_vla.eval.features import FeatureError, compute_features
-    from salt_vla.eval.probe import train_probe
+    from salt_vla.eval.probe_run import ProbeJob, run_probe
 
-    try:
-        view = view_preset(VIEW) if name.startswith("random:") else None
-        enc = resolve_encoder(name, view, pick_device(), TEACHER_ARCH)
-    except EncoderError as e:
-        raise DemoError(f"probe of {name}: {e}") from e
-    path = d / f"probe-{key}.json"
-    old = read_json_object(path)
-    if old and old.get("encoder_key") == enc.key() and old.get("probe") == asdict(cfg.probe):
-        echo(f"  {key}: reused {path} (top-1 {100 * old['top1']:.1f}%)")
-        return float(old["top1"]), True
-    sets = {}
-    for split in ("train", "validation"):
-        try:
-            fs = compute_features(enc, data, split, batch_size=32, workers=0,
-                                  cache_dir=d / "features")
-        except (SSv2Error, FeatureError) as e:
-            raise DemoError(f"features of {name} on {split}: {e}") from e
-        sets[split] = fs
-    tr, va = sets["train"], sets["validation"]
-    echo(f"  {key}: {what} ({name}): features {tuple(tr.features.shape)} train, "
-         f"{len(va)} val clips ({'reused' if tr.reused else f'{tr.seconds + va.seconds:.1f} s'})")
-    res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes,
-                      cfg.probe, enc.device)
-    final = res.history[-1] if res.history else {}
-    echo(f"  {key}: top-1 {100 * res.top1:.1f}% on {res.val_clips} validation clips (probe "
-         f"train top-1 {100 * final.get('train_top1', float('nan')):.1f}%, {res.seconds:.1f} s)")
-    write_json_atomic(path, {
-        "encoder": {"name": name, **enc.describe}, "encoder_key": enc.key(), "what": what,
-        "probe": asdict(cfg.probe), "final_train_top1": final.get("train_top1"),
-        "classes": tr.classes, "data": str(data),
-        **res.to_dict(),
-    })
-    return res.top1, False
+    job = ProbeJob(encoder=name, data=data, probe=cfg.probe,
+                   view=view_preset(VIEW) if name.startswith("random:") else None,
+                   teacher_arch=TEACHER_ARCH, feature_cache=d / "features", workers=0,
+                   what=what)
+    echo(f"  {key}: {what} ({name})")
+    res = run_probe(job, d / f"probe-{key}.json", echo=lambda s: echo("    " + s), reuse=True)
+    rec = res.record
+    echo(f"  {key}: top-1 {100 * res.top1:.1f}% on {rec['val_clips']} validation clips (probe "
+         f"train top-1 {100 * (rec.get('final_train_top1') or float('nan')):.1f}%)")
+    return res.top1, res.reused
 
 
 def _stage_probe(d: Path, data: Path, run_dir: Path, cfg: DemoConfig,

@@ -19,3 +19,8 @@ class SaltError(Exception):
         if len(self.args) == 1 and isinstance(self.args[0], str):
             return self.args[0]
         return super().__str__()
+
+
+class ConfigError(SaltError, ValueError):
+    """A configuration value that is unknown or out of range: a preset, a ``--set`` key, a
+    view or mask option, an architecture name. The message names the value and the choices."""

@@ -80,6 +80,21 @@ class BuildResult:
     def videos_per_s(self) -> float:
         return self.rows_done / self.seconds if self.seconds > 0 else 0.0
 
+    def summary_lines(self) -> list[str]:
+        """What ``salt cache build`` prints when it is done."""
+        from salt_vla.cache.progress import format_bytes
+
+        lines = [
+            f"done: {self.rows_done} rows in {self.seconds:.1f} s ({self.videos_per_s:.1f} "
+            f"videos/s), {format_bytes(self.bytes_written)} written, {self.failures} failures"
+            + (f", {self.rows_skipped} rows already committed" if self.rows_skipped else ""),
+            f"cache: {self.root} ({self.status}); check it with `salt cache verify "
+            f"{self.root}`",
+        ]
+        if self.failures:
+            lines.append(f"failures: {self.root / 'failures.jsonl'}")
+        return lines
+
 
 def resolve_device(device: str, ranks: BuildRanks) -> str:
     """The teacher's device for this rank: ``auto``/``cuda`` -> this rank's GPU (CPU for

@@ -29,6 +29,7 @@ from salt_vla.data.ssv2 import (
     split_path,
 )
 from salt_vla.data.video import VideoDecodeError, decode_chosen
+from salt_vla.errors import ConfigError
 from salt_vla.files import write_text_atomic
 
 DEFAULT_SCAN = 8
@@ -107,7 +108,7 @@ def parse_scan(text: str) -> int | None:
     except ValueError:
         n = -2
     if n < 0:
-        raise ValueError(f"--scan takes a number of videos >= 0, or 'all' (or -1); got {text!r}")
+        raise ConfigError(f"--scan takes a number of videos >= 0, or 'all' (or -1); got {text!r}")
     return n
 
 
@@ -200,6 +201,8 @@ def summarize_dataset(
     ``splits`` None reads every split whose file exists (at least one must); named splits must
     exist. Raises SSv2Error (from the index loader) for an unreadable dataset.
     """
+    if backend not in ("auto", "decord", "pyav"):
+        raise ConfigError(f"--backend must be auto, decord or pyav; got {backend!r}")
     root = Path(root)
     load_labels(root)  # a wrong root fails here first, with the clearest message
     if splits is None:

@@ -208,6 +208,18 @@ def parse_splits(text: str) -> tuple[float, float, float]:
     return nums  # type: ignore[return-value]
 
 
+def parse_range(option: str, text: str) -> tuple[int, int]:
+    """``"1-2"`` -> ``(1, 2)``; ``"3"`` -> ``(3, 3)``; ``option`` names the flag in errors."""
+    parts = text.replace(" ", "").split("-")
+    try:
+        lo, hi = (int(parts[0]), int(parts[-1])) if 1 <= len(parts) <= 2 else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or hi is None:
+        raise SynthError(f"{option} {text!r}: expected MIN-MAX, e.g. 1-2, or one number")
+    return lo, hi
+
+
 # --- plan: which video gets which split, class and id --------------------------------------
 
 

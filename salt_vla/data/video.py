@@ -19,7 +19,7 @@ from types import ModuleType
 import av  # must load before decord: decord's bundled FFmpeg breaks PyAV's VP9 encoder otherwise
 import numpy as np
 
-from salt_vla.errors import SaltError
+from salt_vla.errors import ConfigError, SaltError
 
 BACKENDS = ("auto", "decord", "pyav")
 
@@ -113,12 +113,12 @@ def decode_chosen(
     file twice. Returns the frames (as ``decode_frames``) and the file's VideoInfo.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(path)
     _check_file(path)
     decord = _decord_module() if backend in ("auto", "decord") else None
     if backend == "decord" and decord is None:
-        raise ValueError("video backend 'decord' is not installed; use backend='pyav' or 'auto'")
+        raise ConfigError("video backend 'decord' is not installed; use backend='pyav' or 'auto'")
     if decord is None:
         return _decode(path, choose, _PyAVSource)
     try:

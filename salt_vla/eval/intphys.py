@@ -326,3 +326,76 @@ def load_surprise_model(
                            f"{source.where}): {e}; pass --teacher PATH if it moved") from e
     check_teacher(net, source)
     return SurpriseModel(run.student, run.predictor, net, error), run, source
+
+
+# --- the workflow: `salt eval intphys` and the demo ------------------------------------------
+
+
+def run_intphys(run_dir: Path | str, data: Path | str, contexts: Sequence[int] | None = None,
+                *, frame_step: int = 0, stride: int = 1, error: str = "l1",
+                teacher: str | None = None, batch_size: int = 8, limit: int = 0,
+                device: str = "auto", out: Path | str | None = None,
+                echo: Callable[[str], None] = print) -> tuple[dict[str, Any], Path]:
+    """Score every pair under ``data`` (its ``pairs.json``) with the run's student, predictor
+    and teacher; write the result record to ``out`` (default ``RUN_DIR/intphys.json``) and
+    return ``(record, path)``. ``contexts`` None: :func:`default_contexts` of the run's grid."""
+    import time
+
+    from salt_vla.distributed import pick_device
+    from salt_vla.files import write_json_atomic
+
+    t0 = time.perf_counter()
+    dev = pick_device(device)
+    pairs = load_pairs(data)
+    if limit > 0:
+        pairs = pairs[:limit]
+    model, trained, source = load_surprise_model(run_dir, teacher, dev, error)
+    cfg = SurpriseConfig(contexts=tuple(contexts) if contexts else default_contexts(model.grid.t),
+                         frame_step=frame_step, stride=stride, error=error,
+                         batch_size=batch_size)
+    path = Path(out or trained.run_dir / "intphys.json").expanduser()
+    g = model.grid
+    echo(f"model: {trained.checkpoint} step {trained.step}, grid {g.as_tuple()} (t x h x w), "
+         f"view {trained.config.view}")
+    echo(f"teacher: {source.source} ({source.spec.arch}, per {source.where})")
+    echo(f"contexts (time steps): {', '.join(map(str, cfg.contexts))}; error {error}; "
+         f"frame step {frame_step or 'auto'}; stride {stride}; device {dev}")
+    echo(f"pairs: {len(pairs)}; results: {path}")
+    step = max(1, len(pairs) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            echo(f"  {done}/{total} pairs scored")
+
+    res = evaluate_pairs(model, pairs, trained.view, cfg, progress)
+    for line in format_accuracies(res):
+        echo(line)
+    record = {
+        "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint),
+        "step": trained.step, "data": str(Path(data).expanduser().resolve()),
+        "teacher": {"source": source.source, "arch": source.spec.arch,
+                    "sha256": model.teacher.sha256, "recorded_by": source.where},
+        "config": {"contexts": list(cfg.contexts), "frame_step": frame_step, "stride": stride,
+                   "error": error, "units": "contexts in tubelet time steps"},
+        "grid": list(g.as_tuple()), "tubelet": trained.config.tubelet,
+        **res,
+        "device": str(dev), "wall_seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(path, record)
+    echo(f"wrote {path}")
+    return record, path
+
+
+def format_accuracies(res: dict[str, Any]) -> list[str]:
+    """The relative-accuracy table of :func:`evaluate_pairs`'s result: one row per context,
+    mean/max surprise, overall and per kind of violation."""
+    kinds = sorted({p["kind"] for p in res["pairs"]})
+    lines = ["relative accuracy (impossible more surprising), mean / max surprise:",
+             "  C  " + "  ".join(f"{'all':>11}" if k is None else f"{k:>11}"
+                                 for k in [None, *kinds])]
+    for c, r in res["contexts"].items():
+        cells = [f"{100 * r['mean']['accuracy']:4.0f}/{100 * r['max']['accuracy']:4.0f}%"]
+        cells += [f"{100 * r['by_kind'][k]['mean']['accuracy']:4.0f}/"
+                  f"{100 * r['by_kind'][k]['max']['accuracy']:4.0f}%" for k in kinds]
+        lines.append(f"  {c:>2} " + "  ".join(f"{x:>11}" for x in cells))
+    return lines

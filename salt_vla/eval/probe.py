@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.student import LayerNorm, make_blocks
 
 # probe kind -> number of blocks (the last one is the cross-attention pooling block)
@@ -48,12 +49,12 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in PROBE_KINDS:
-            raise ValueError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
+            raise ConfigError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
         for name in ("epochs", "batch_size", "heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"probe {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError("probe lr must be > 0, weight_decay and warmup_epochs >= 0")
+            raise ConfigError("probe lr must be > 0, weight_decay and warmup_epochs >= 0")
 
     @property
     def depth(self) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_vla.errors import ConfigError
 from salt_vla.masking.config import MaskConfig
 from salt_vla.masking.sampling import batch_block_sizes, sample_group_masks
 from salt_vla.models.grid import TokenGrid
@@ -29,7 +30,7 @@ def draw_masks_png(
     from matplotlib.figure import Figure
 
     if samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1")
+        raise ConfigError(f"samples={samples} must be >= 1")
     sizes = batch_block_sizes(cfg, grid, seed, epoch, batch_key)
     rows = []
     for i in range(samples):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 from salt_vla.models.student import (
@@ -46,9 +47,9 @@ class PixelDecoderConfig:
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.in_dim <= 0 or self.depth < 0 or self.heads <= 0:
-            raise ValueError(f"decoder dims must be positive and depth >= 0: {self}")
+            raise ConfigError(f"decoder dims must be positive and depth >= 0: {self}")
         if self.width % self.heads:
-            raise ValueError(f"decoder width={self.width} is not divisible by heads={self.heads}")
+            raise ConfigError(f"decoder width={self.width} is not divisible by heads={self.heads}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
 
     @property

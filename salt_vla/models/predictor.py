@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 from salt_vla.models.student import (
@@ -46,9 +47,10 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
-            raise ValueError(f"predictor width={self.width} is not divisible by heads={self.heads}")
+            raise ConfigError(
+                f"predictor width={self.width} is not divisible by heads={self.heads}")
         if min(self.in_dim, self.out_dim, self.width) <= 0 or self.depth < 0:
-            raise ValueError(f"predictor dims must be positive and depth >= 0: {self}")
+            raise ConfigError(f"predictor dims must be positive and depth >= 0: {self}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
 
     @property

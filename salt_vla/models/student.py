@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 
@@ -52,14 +53,14 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.size not in STUDENT_SIZES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown student size {self.size!r}; choose one of {sorted(STUDENT_SIZES)}"
             )
         dim, depth, heads = self.dims
         if dim % heads:
-            raise ValueError(f"student embed_dim={dim} is not divisible by heads={heads}")
+            raise ConfigError(f"student embed_dim={dim} is not divisible by heads={heads}")
         if depth < 0:
-            raise ValueError(f"student depth must be >= 0, got {depth}")
+            raise ConfigError(f"student depth must be >= 0, got {depth}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
 
     @property

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.checkpoint import (
     StateDictError,
     diff_state_dict,
@@ -93,7 +94,7 @@ class TeacherSpec:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown teacher arch {self.arch!r}; choose one of {list(ARCHS)}")
+            raise ConfigError(f"unknown teacher arch {self.arch!r}; choose one of {list(ARCHS)}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
         resolve_layer(self.layer, ARCHS[self.arch].depth, self.arch)
 
@@ -112,7 +113,7 @@ class TeacherSpec:
 def resolve_layer(layer: int, depth: int, arch: str = "") -> int:
     """Block index ``layer`` (negative counts from the end) as a non-negative index."""
     if not -depth <= layer < depth:
-        raise ValueError(
+        raise ConfigError(
             f"layer={layer} is out of range for {arch or 'a model'} with {depth} blocks "
             f"(use 0..{depth - 1}, or -1..-{depth} from the end)"
         )
@@ -124,14 +125,14 @@ def parse_random_source(source: str) -> tuple[str, int]:
     parts = source.split(":")
     usage = f"expected 'random:ARCH:SEED' with ARCH in {list(ARCHS)} and SEED an integer"
     if len(parts) != 3 or parts[0] != "random":
-        raise ValueError(f"bad teacher source {source!r}: {usage}")
+        raise ConfigError(f"bad teacher source {source!r}: {usage}")
     arch, seed = parts[1], parts[2]
     if arch not in ARCHS:
-        raise ValueError(f"bad teacher source {source!r}: unknown arch {arch!r}; {usage}")
+        raise ConfigError(f"bad teacher source {source!r}: unknown arch {arch!r}; {usage}")
     try:
         return arch, int(seed)
     except ValueError:
-        raise ValueError(f"bad teacher source {source!r}: seed {seed!r}; {usage}") from None
+        raise ConfigError(f"bad teacher source {source!r}: seed {seed!r}; {usage}") from None
 
 
 def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:

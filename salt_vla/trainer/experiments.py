@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from salt_vla.errors import SaltError
+from salt_vla.errors import ConfigError
 
 # String-valued keys that only take a few values (checked by `validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -34,10 +34,6 @@ RUNTIME_KEYS = frozenset(
     {"num_workers", "prefetch_factor", "decode_threads", "log_every", "ckpt_every", "stop_at",
      "wandb_project", "wandb_run"}
 )
-
-
-class ConfigError(SaltError, ValueError):
-    """A bad experiment name, override or value; the message says what is valid."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from salt_vla.errors import ConfigError
 from salt_vla.files import write_text_atomic
 
 METRICS_NAME = "metrics.jsonl"
@@ -28,7 +29,7 @@ def resolve_wandb_mode(option: str | None, env: dict[str, str] | None = None) ->
     env = dict(os.environ) if env is None else env
     if option:
         if option not in WANDB_MODES:
-            raise ValueError(f"--wandb {option!r}: choose one of {', '.join(WANDB_MODES)}")
+            raise ConfigError(f"--wandb {option!r}: choose one of {', '.join(WANDB_MODES)}")
         return option
     mode = env.get("WANDB_MODE", "").strip().lower()
     if mode in ("offline", "dryrun"):
