@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from salt_vla import distributed as dist_utils
-from salt_vla.errors import SaltError
+from salt_vla.errors import ConfigError, SaltError
 from salt_vla.files import write_json_atomic
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
@@ -50,9 +50,9 @@ from salt_vla.trainer.data import (
     plan_loader,
     shm_free_bytes,
 )
-from salt_vla.trainer.experiments import ConfigError, diff
 from salt_vla.trainer.heartbeat import Heartbeat
 from salt_vla.trainer.interrupt import StopRequest
+from salt_vla.trainer.loop_config import diff
 from salt_vla.trainer.metrics_log import MetricsLogger
 from salt_vla.trainer.optim import build_optimizer, set_schedules
 from salt_vla.trainer.sources import DataSources
