@@ -225,8 +225,8 @@ def _stage_teacher(d: Path, data: Path, cfg: DemoConfig, echo: Callable[[str], N
     if cfg.teacher == "random":
         rec.reused, rec.detail = True, "random teacher: no stage 1"
         return f"random:{TEACHER_ARCH}:{cfg.seed}"
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.checkpoint import CheckpointError
-    from salt_vla.trainer.experiments import ConfigError
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec
     from salt_vla.trainer.teacher_experiments import resolve_teacher
     from salt_vla.trainer.teacher_export import EXPORT_NAME
@@ -295,12 +295,13 @@ def _stage_train(d: Path, cache: Path, cfg: DemoConfig, echo: Callable[[str], No
                  rec: StageTime) -> Path:
     from salt_vla.cache.format import CacheFormatError
     from salt_vla.cache.latent_store import CacheMismatchError, MissingRowError
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.checkpoint import (
         CheckpointError,
         checkpoint_path,
         load_checkpoint,
     )
-    from salt_vla.trainer.experiments import ConfigError, resolve
+    from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
 
     run_dir = d / "run"

@@ -54,8 +54,8 @@ class ExportResult:
 
 def _run_view(cfg: Any, run_dir: Path) -> Any:
     """The view the run trained on: its preset, or the store's own view (``view="store"``)."""
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import STORE_VIEW, view_spec
-    from salt_vla.trainer.experiments import ConfigError
 
     store_view = None
     if cfg.view == STORE_VIEW:
@@ -82,9 +82,10 @@ def export_encoder(
     ``out`` (default ``RUN_DIR/encoder.safetensors``) plus the ``.json`` sidecar."""
     from safetensors.torch import save_file
 
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import student_config
     from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig
+    from salt_vla.trainer.experiments import TrainConfig
 
     run = Path(run).expanduser()
     ckpt = checkpoint_path(run) if run.is_dir() else run

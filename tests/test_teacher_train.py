@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
+from salt_vla.errors import ConfigError
 from salt_vla.models.checkpoint import file_sha256
 from salt_vla.models.pixels import frames_to_input
 from salt_vla.models.teacher import load_teacher
 from salt_vla.trainer.checkpoint import load_checkpoint
-from salt_vla.trainer.experiments import ConfigError
 from salt_vla.trainer.loop import RunSpec, loss_curve
 from salt_vla.trainer.pixel_objective import patchify, pixel_targets
 from salt_vla.trainer.sources import memory_sources

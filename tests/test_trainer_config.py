@@ -8,16 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
+from salt_vla.errors import ConfigError
 from salt_vla.trainer.build import config_grid, mask_config
 from salt_vla.trainer.experiments import (
     PRESETS,
-    ConfigError,
     TrainConfig,
-    diff,
     parse_overrides,
     resolve,
     valid_keys,
 )
+from salt_vla.trainer.loop_config import diff
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -87,7 +87,8 @@ def exp_show(
     name: str = typer.Argument(..., help="Preset name (see `salt exp list`).", show_default=False),
     sets: list[str] = SetOpt,
 ) -> None:
-    from salt_vla.trainer.experiments import describe, resolve
+    from salt_vla.trainer.experiments import resolve
+    from salt_vla.trainer.loop_config import describe
 
     cfg = resolve(name, sets)
     say(f"# {name}: {cfg.notes}")
@@ -149,7 +150,7 @@ def teacher_show(
     ),
     sets: list[str] = TeacherSetOpt,
 ) -> None:
-    from salt_vla.trainer.experiments import describe
+    from salt_vla.trainer.loop_config import describe
     from salt_vla.trainer.teacher_experiments import TEACHER_PRESETS, resolve_teacher
 
     if name is None:

@@ -77,9 +77,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_run(path: Path | str, device: str | torch.device = "cpu") -> TrainedRun:
     """Load the student and predictor of a run directory or training checkpoint, frozen."""
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import predictor_config, student_config, view_spec
     from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig
+    from salt_vla.trainer.experiments import TrainConfig
 
     run_dir, ckpt = find_checkpoint(path)
     try:

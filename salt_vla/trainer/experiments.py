@@ -1,51 +1,39 @@
-"""Experiment configs: one frozen, flat dataclass per run, named presets, `--set` overrides.
+"""Stage-2 experiment configs: one frozen, flat dataclass per `salt train` run, named presets.
 
 The presets reproduce the seed's sweep (baseline, exp1-exp3) plus V-JEPA-mask and CPU-sized
-variants. Keys are flat (``lr``, ``mask_ratio``, ...) so `salt train --set key=value` needs
-no dotted paths; every value is type-checked and every unknown key is refused with the list
-of valid keys, because a typo silently ignored costs a multi-day run.
+variants. :class:`TrainConfig` is the loop's keys (:class:`~salt_vla.trainer.loop_config.
+LoopConfig`: optimisation, schedule, masks, data, execution, logging) plus the student,
+predictor and target keys of this stage. Keys are flat, so `salt train --set key=value`
+needs no dotted paths; `--set` is parsed and checked by ``overrides.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from salt_vla.errors import ConfigError
-
-# String-valued keys that only take a few values (checked by `validate`).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "student": ("tiny", "small", "base", "large"),
-    "targets": ("cached", "online"),
-    "mask_strategy": ("ratio", "multiblock", "tube", "random"),
-    "mask_truncate": ("tail", "random"),
-    "loss": ("mse", "l1"),
-    "precision": ("auto", "fp32", "bf16"),
-    "device": ("auto", "cpu", "cuda"),
-}
-
-# Keys that may differ between a run and its resumption: they change how the run is
-# executed or logged, never what it computes.
-RUNTIME_KEYS = frozenset(
-    {"num_workers", "prefetch_factor", "decode_threads", "log_every", "ckpt_every", "stop_at",
-     "wandb_project", "wandb_run"}
-)
+from salt_vla.trainer.loop_config import LoopConfig
+from salt_vla.trainer.overrides import did_you_mean
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (defaults = the seed's shared settings).
+class TrainConfig(LoopConfig):
+    """Everything that defines a stage-2 training run (defaults = the seed's shared settings):
+    the loop's keys (:class:`LoopConfig`) plus the student, predictor and targets."""
 
-    ``batch_size`` is the global batch per optimiser step: under torchrun with W processes and
-    ``grad_accum`` A each process runs micro-batches of ``batch_size / (W * A)`` clips, so
-    the schedule and the recipe mean the same thing on 1 or 8 GPUs.
-    """
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **LoopConfig.CHOICES,
+        "student": ("tiny", "small", "base", "large"),
+        "targets": ("cached", "online"),
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = LoopConfig.POSITIVE + (
+        "predictor_width", "predictor_heads", "teacher_dim",
+    )
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = LoopConfig.NON_NEGATIVE + (
+        "predictor_depth", "drop_path",
+    )
 
-    name: str = "custom"
     # --- student / predictor
     student: str = "base"
     student_dim: int | None = None  # None: the size preset's width
@@ -55,63 +43,24 @@ class TrainConfig:
     predictor_depth: int = 12
     predictor_heads: int = 12
     drop_path: float = 0.0
-    grad_checkpointing: bool = False
-    # --- view and targets (checked against the store before the first step)
-    view: str = "ssv2-16x224"  # a view preset, or "store": the cache's own (custom) view
-    tubelet: int = 2
-    patch: int = 16
+    # --- targets (checked against the store before the first step)
     teacher_dim: int = 768
     targets: str = "cached"  # "online": run the teacher on every batch instead of the store
     teacher: str = "vit_base"  # online targets: teacher arch
     teacher_ckpt: str = ""  # online targets: checkpoint path or random:ARCH:SEED
     teacher_layer: int = -1
     target_norm: bool = True
-    # --- masks
-    mask_strategy: str = "multiblock"
-    mask_ratio: float = 0.9
-    mask_truncate: str = "tail"
-    # --- objective and optimisation
-    loss: str = "mse"
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: int = 10
-    max_steps: int = 0  # > 0: run exactly this many optimiser steps (schedules span them)
-    stop_at: int = 0  # > 0: checkpoint and stop after this step; schedules still span the run
-    lr: float = 1.5e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 1000
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 0.02  # max global grad norm; 0 disables (V-JEPA uses 10)
-    skip_nonfinite: int = 0  # tolerate this many non-finite-loss steps (skipped) before stopping
-    # --- data
-    limit_rows: int = 0  # > 0: train on the first N store rows only (overfitting checks)
-    num_workers: int = 8  # DataLoader worker processes decoding frames
-    prefetch_factor: int = 2
-    decode_threads: int = 0  # > 1 with num_workers=0: decode in threads (no /dev/shm)
-    # --- execution
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp32 master weights), fp32 on CPU
-    compile: bool = False
-    # --- logging and checkpoints
-    log_every: int = 10
-    ckpt_every: int = 1000
-    wandb_project: str = "salt-vla"
-    wandb_run: str = ""  # default: the run directory's name
-    notes: str = field(default="", compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (tuples become lists)."""
-        return dataclasses.asdict(self)
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.targets == "online" and not self.teacher_ckpt:
+            problems.append("targets='online' needs teacher_ckpt=PATH (or random:ARCH:SEED)")
+        return problems
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``to_dict``; unknown keys and wrong types raise ``ConfigError``."""
-        return validate(cls(**values_from_dict(cls, d)))
 
+# Stage 2's spellings of the `--set` parser (sweep and the tests use them).
+valid_keys = TrainConfig.valid_keys
+parse_overrides = TrainConfig.parse_overrides
 
 SEED = TrainConfig(
     name="seed",
@@ -162,198 +111,14 @@ PRESETS["tiny"] = replace(
 )
 
 
-# The helpers below take the config class, so other flat configs run through the same loop
-# (e.g. the stage-1 teacher's, teacher_experiments.py) parse and check keys the same way.
-
-
-def _hints(cls: type = TrainConfig) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def valid_keys(cls: type = TrainConfig) -> list[str]:
-    """Every key `--set` accepts, in declaration order."""
-    return [f.name for f in fields(cls)]
-
-
-def values_from_dict(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """Type-checked constructor arguments of ``cls`` from a JSON dict (config.json, a
-    checkpoint's config): unknown keys and wrong types raise ``ConfigError``."""
-    hints = _hints(cls)
-    unknown = sorted(set(d) - set(hints))
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; valid keys: {', '.join(hints)}")
-    return {k: _coerce_json(k, v, hints[k]) for k, v in d.items()}
-
-
 def get_preset(name: str) -> TrainConfig:
     """The preset called ``name``; an unknown name lists the valid ones."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown experiment {name!r}{hint}; presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown experiment {name!r}{did_you_mean(name, PRESETS)}; "
+                          f"presets: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _parse_scalar(key: str, text: str, tp: type) -> Any:
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}={text!r}: expected a bool (true/false)")
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{key}={text!r}: expected an int") from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{key}={text!r}: expected a float") from None
-    if tp is str:
-        return text
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def parse_value(key: str, text: str, cls: type = TrainConfig) -> Any:
-    """Parse the text of `--set key=text` to the key's declared type in ``cls``."""
-    hints = _hints(cls)
-    if key not in hints:
-        raise ConfigError(_unknown_key_message(key, cls))
-    tp = hints[key]
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text.strip().lower() in ("none", "null", ""):
-            return None
-        return _parse_scalar(key, text, args[0])
-    if origin is tuple:
-        args = typing.get_args(tp)
-        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-        if len(parts) != len(args):
-            raise ConfigError(
-                f"{key}={text!r}: expected {len(args)} comma-separated values, e.g. "
-                f"{key}=" + ",".join(str(v) for v in _default(cls, key))
-            )
-        return tuple(_parse_scalar(key, p.strip(), a) for p, a in zip(parts, args, strict=True))
-    return _parse_scalar(key, text, tp)
-
-
-def _coerce_json(key: str, value: Any, tp: Any) -> Any:
-    """Check a value read from JSON against the key's type (ints may stand for floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        origin = typing.get_origin(tp)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}={value!r}: expected {len(args)} values")
-        return tuple(_coerce_json(key, v, a) for v, a in zip(value, args, strict=True))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
-        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-    return value
-
-
-def _default(cls: type, key: str) -> Any:
-    return next(f.default for f in fields(cls) if f.name == key)
-
-
-def _unknown_key_message(key: str, cls: type = TrainConfig) -> str:
-    keys = valid_keys(cls)
-    close = difflib.get_close_matches(key, keys, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}"
-
-
-def parse_overrides(
-    items: list[str] | tuple[str, ...], cls: type = TrainConfig
-) -> dict[str, Any]:
-    """``["lr=3e-4", "betas=0.9,0.99"]`` -> typed ``{"lr": 3e-4, "betas": (0.9, 0.99)}``
-    for the keys of ``cls``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=3e-4")
-        out[key] = parse_value(key, text, cls)
-    return out
-
-
-def common_problems(
-    cfg: Any, choices: dict[str, tuple], positive: tuple[str, ...], non_negative: tuple[str, ...]
-) -> list[str]:
-    """Range and choice problems shared by every training config (stage 1 and stage 2)."""
-    problems = []
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            problems.append(f"{key}={getattr(cfg, key)!r}: choose one of {', '.join(allowed)}")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            problems.append(f"{key}={getattr(cfg, key)}: must be > 0")
-    for key in non_negative:
-        if getattr(cfg, key) < 0:
-            problems.append(f"{key}={getattr(cfg, key)}: must be >= 0")
-    if cfg.epochs == 0 and cfg.max_steps == 0:
-        problems.append("epochs=0 and max_steps=0: set one of them")
-    if cfg.min_lr > cfg.lr:
-        problems.append(f"min_lr={cfg.min_lr} is above lr={cfg.lr}")
-    if not 0.0 < cfg.mask_ratio < 1.0:
-        problems.append(f"mask_ratio={cfg.mask_ratio}: must be in (0, 1)")
-    if cfg.batch_size % cfg.grad_accum:
-        problems.append(f"batch_size={cfg.batch_size} is not divisible by grad_accum="
-                        f"{cfg.grad_accum}")
-    if not all(0.0 <= b < 1.0 for b in cfg.betas):
-        problems.append(f"betas={cfg.betas}: each must be in [0, 1)")
-    return problems
-
-
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check value ranges and choices; returns ``cfg`` or raises one ``ConfigError`` listing
-    every problem."""
-    positive = ("batch_size", "grad_accum", "predictor_width", "predictor_heads", "tubelet",
-                "patch", "teacher_dim", "log_every", "ckpt_every", "prefetch_factor")
-    non_negative = ("epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr",
-                    "weight_decay", "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows",
-                    "num_workers", "decode_threads", "predictor_depth", "drop_path", "seed")
-    problems = common_problems(cfg, CHOICES, positive, non_negative)
-    if cfg.targets == "online" and not cfg.teacher_ckpt:
-        problems.append("targets='online' needs teacher_ckpt=PATH (or random:ARCH:SEED)")
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
-    return cfg
 
 
 def resolve(name: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Preset ``name`` with `--set` overrides applied, type-checked and validated."""
-    base = get_preset(name)
-    values = parse_overrides(overrides)
-    return validate(replace(base, **values))
-
-
-def describe(cfg: Any) -> list[str]:
-    """``key = value`` lines for `salt exp show` (every key but ``notes``, in order)."""
-    keys = [k for k in valid_keys(type(cfg)) if k != "notes"]
-    width = max(len(k) for k in keys)
-    return [f"{k.ljust(width)} = {getattr(cfg, k)!r}" for k in keys]
-
-
-def diff(a: Any, b: Any, ignore: frozenset[str] = RUNTIME_KEYS) -> list[str]:
-    """Keys whose values differ (``key: a -> b``) between two configs of one class, skipping
-    ``ignore`` and ``notes``."""
-    return [
-        f"{k}: {getattr(a, k)!r} -> {getattr(b, k)!r}"
-        for k in valid_keys(type(a))
-        if k not in ignore and k != "notes" and getattr(a, k) != getattr(b, k)
-    ]
+    return replace(get_preset(name), **parse_overrides(overrides)).validated()

@@ -29,10 +29,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from salt_vla import distributed as dist_utils
-from salt_vla.errors import SaltError
+from salt_vla.errors import ConfigError, SaltError
 from salt_vla.files import write_json_atomic
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.trainer.build import mask_config
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -50,9 +51,9 @@ from salt_vla.trainer.data import (
     plan_loader,
     shm_free_bytes,
 )
-from salt_vla.trainer.experiments import ConfigError, diff
 from salt_vla.trainer.heartbeat import Heartbeat
 from salt_vla.trainer.interrupt import StopRequest
+from salt_vla.trainer.loop_config import LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
 from salt_vla.trainer.optim import build_optimizer, set_schedules
 from salt_vla.trainer.sources import DataSources
@@ -119,12 +120,12 @@ def find_resume(run: RunSpec) -> Path | None:
     return path
 
 
-def write_run_config(run_dir: Path, cfg: Any, extra: dict[str, Any]) -> Path:
+def write_run_config(run_dir: Path, cfg: LoopConfig, extra: dict[str, Any]) -> Path:
     """``run_dir/config.json``: the resolved config plus where the run got its data."""
     return write_json_atomic(run_dir / CONFIG_NAME, {"config": cfg.to_dict(), **extra})
 
 
-def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_for(cfg: LoopConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (weights stay fp32), nothing on CPU."""
     if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -134,13 +135,14 @@ def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextMa
 
 
 def train(
-    cfg: Any,
+    cfg: LoopConfig,
     run: RunSpec,
     sources: DataSources | None = None,
     echo: Callable[[str], None] = print,
-    task: Task = SALT_TASK,
+    task: Task[Any] = SALT_TASK,
 ) -> TrainResult:
-    """Train per ``cfg`` (a :class:`TrainConfig` for the default SALT task); see the module
+    """Train per ``cfg`` (an instance of ``task.config_type``: a :class:`TrainConfig` for the
+    default SALT task; the loop itself reads only the :class:`LoopConfig` keys); see the module
     docstring. ``sources`` (tests, benchmarks) replaces opening the store/videos named by
     ``run``; ``task`` says what is trained (see ``task.py``)."""
     info = dist_utils.setup_distributed(cfg.device)
@@ -151,12 +153,12 @@ def train(
 
 
 def _train(
-    cfg: Any,
+    cfg: LoopConfig,
     run: RunSpec,
     sources: DataSources | None,
     echo: Callable[[str], None],
     info: dist_utils.DistInfo,
-    task: Task,
+    task: Task[Any],
 ) -> TrainResult:
     device = info.device
     run_dir = Path(run.out)
@@ -221,7 +223,7 @@ def _train(
     teacher = task.make_teacher(cfg, sources, device)  # online targets only
 
     # --- the batch stream from the resume position on
-    collate = MaskCollator(task.mask_config(cfg), sources.grid, seed=cfg.seed)
+    collate = MaskCollator(mask_config(cfg), sources.grid, seed=cfg.seed)
     end = min(total, cfg.stop_at) if cfg.stop_at else total
     batches = StreamBatches(layout, info.rank, cfg.seed, start_step, end)
     clip_bytes = sources.num_frames * sources.img_size**2 * 3

@@ -1,5 +1,7 @@
-"""AdamW over the student and predictor: two parameter groups (decayed / not decayed) whose
-learning rate and weight decay the loop sets every step from the schedules.
+"""AdamW over the trained parts (stage 2: student and predictor; stage 1: encoder and pixel
+decoder): two parameter groups (decayed / not decayed) whose learning rate and weight decay
+the loop sets every step from the schedules. Only the loop's keys (:class:`LoopConfig`) are
+read, so both stages share it.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import torch
 from torch import nn
 
 from salt_vla.models.student import split_weight_decay
-from salt_vla.trainer.experiments import TrainConfig
+from salt_vla.trainer.loop_config import LoopConfig
 from salt_vla.trainer.schedules import lr_at, weight_decay_at
 
 
 def build_optimizer(
-    modules: Iterable[nn.Module], cfg: TrainConfig, device: torch.device
+    modules: Iterable[nn.Module], cfg: LoopConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases, norm weights, position tables and mask tokens.
 
@@ -37,7 +39,7 @@ def build_optimizer(
 
 
 def set_schedules(
-    optimizer: torch.optim.Optimizer, step: int, total: int, cfg: TrainConfig
+    optimizer: torch.optim.Optimizer, step: int, total: int, cfg: LoopConfig
 ) -> tuple[float, float]:
     """Set every group's lr and weight decay for optimiser step ``step``; returns both."""
     lr = lr_at(step, total, cfg.warmup_steps, cfg.lr, cfg.min_lr)

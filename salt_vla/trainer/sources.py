@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from salt_vla.cache.latent_store import CacheMismatchError, LatentStore
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.trainer.build import STORE_VIEW, config_grid, spec_grid, view_spec
 from salt_vla.trainer.data import FrameSource, TargetSource
-from salt_vla.trainer.experiments import ConfigError, TrainConfig
+from salt_vla.trainer.experiments import TrainConfig
 from salt_vla.trainer.tar_frames import TarFrames
 
 

@@ -356,7 +356,8 @@ def _refs(refs: Any, known: set[str], what: str, where: str) -> None:
 
 def _check_configs(spec: SweepSpec) -> None:
     """Resolve every run's config now: a typo must not surface after days of training."""
-    from salt_vla.trainer.experiments import ConfigError, resolve
+    from salt_vla.errors import ConfigError
+    from salt_vla.trainer.experiments import resolve
 
     defs = []
     for s in spec.stages:
@@ -631,7 +632,8 @@ def _set_text(v: Any) -> str:
 def reference_config(run_dir: Path) -> tuple[str, tuple[str, ...]]:
     """The preset and `--set` overrides that reproduce a run's config (so a reference run
     can win a best-of); ``("", ())`` when its config.json is missing or not a preset's."""
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig, get_preset, valid_keys
+    from salt_vla.errors import ConfigError
+    from salt_vla.trainer.experiments import TrainConfig, get_preset, valid_keys
 
     try:
         cfg = TrainConfig.from_dict(read_run(run_dir).config)
