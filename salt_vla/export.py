@@ -82,8 +82,9 @@ def export_encoder(
     ``out`` (default ``RUN_DIR/encoder.safetensors``) plus the ``.json`` sidecar."""
     from safetensors.torch import save_file
 
+    from salt_vla.runs.rundir import checkpoint_path
     from salt_vla.trainer.build import student_config
-    from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+    from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
     from salt_vla.trainer.experiments import ConfigError, TrainConfig
 
     run = Path(run).expanduser()

@@ -15,8 +15,9 @@ import salt_vla
 from salt_vla.cli import app
 from salt_vla.export import ExportError, export_encoder, read_export_config
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.runs.rundir import checkpoint_path
 from salt_vla.trainer.build import build_model
-from salt_vla.trainer.checkpoint import checkpoint_path, save_checkpoint
+from salt_vla.trainer.checkpoint import save_checkpoint
 from salt_vla.trainer.experiments import resolve
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"

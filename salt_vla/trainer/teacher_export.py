@@ -22,10 +22,9 @@ from salt_vla.errors import SaltError
 from salt_vla.files import write_text_atomic
 from salt_vla.models.checkpoint import file_sha256, save_state_dict
 from salt_vla.models.teacher import TeacherSpec, load_teacher
-from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from salt_vla.runs.rundir import TEACHER_EXPORT_NAME, checkpoint_path
+from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
 from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
-
-EXPORT_NAME = "teacher.pth"
 
 
 class TeacherExportError(SaltError, ValueError):
@@ -88,7 +87,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
     except ValueError as e:
         raise TeacherExportError(f"{ckpt}: unreadable teacher config: {e}") from e
     spec = teacher_spec(cfg)
-    out = Path(out) if out is not None else ckpt.parent / EXPORT_NAME
+    out = Path(out) if out is not None else ckpt.parent / TEACHER_EXPORT_NAME
     weights = {k: v.float() for k, v in state["encoder"].items()}
     save_state_dict(weights, out)
     try:
