@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from salt_vla.models.checkpoint import (
-    StateDictError,
     KeyDiff,
+    StateDictError,
     diff_state_dict,
     file_sha256,
     strip_uniform_prefix,
