@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from salt_vla.errors import ConfigError
 from salt_vla.runs.heartbeat import pid_alive, process_start, this_host
 from salt_vla.runs.rundir import (
     PROBE_LOG_NAME,
@@ -57,6 +58,7 @@ from salt_vla.runs.sweep_dir import (
     sweep_lock,
 )
 from salt_vla.runs.sweep_spec import RunDef, Stage, SweepSpec
+from salt_vla.trainer.experiments import TrainConfig, get_preset, valid_keys
 
 EXIT_INTERRUPTED = 130
 
@@ -277,8 +279,6 @@ def _set_text(v: Any) -> str:
 def reference_config(run_dir: Path) -> tuple[str, tuple[str, ...]]:
     """The preset and `--set` overrides that reproduce a run's config (so a reference run
     can win a best-of); ``("", ())`` when its config.json is missing or not a preset's."""
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig, get_preset, valid_keys
-
     try:
         cfg = TrainConfig.from_dict(read_run(run_dir).config)
         base = get_preset(cfg.name)

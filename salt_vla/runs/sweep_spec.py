@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salt_vla.errors import ConfigError
 from salt_vla.runs.rundir import PROBE_NAME
 from salt_vla.runs.sweep_dir import SweepError
+from salt_vla.trainer.experiments import resolve
 
 METRICS = {"norm_loss": False, "loss": False, "probe_top1": True}  # name -> higher is better
 ALIGNS = ("common_step", "end")
@@ -312,8 +314,6 @@ def _refs(refs: Any, known: set[str], what: str, where: str) -> None:
 
 def _check_configs(spec: SweepSpec) -> None:
     """Resolve every run's config now: a typo must not surface after days of training."""
-    from salt_vla.trainer.experiments import ConfigError, resolve
-
     defs = []
     for s in spec.stages:
         defs += [d for d in (s.run, s.then, s.otherwise) if d is not None]
