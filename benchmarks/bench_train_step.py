@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_vla.runs.rundir import read_metrics
 from salt_vla.trainer.experiments import resolve
 from salt_vla.trainer.loop import RunSpec, train
-from salt_vla.trainer.metrics_log import read_metrics
 from salt_vla.trainer.sources import memory_sources
 
 

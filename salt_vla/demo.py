@@ -38,6 +38,7 @@ from salt_vla.errors import SaltError
 from salt_vla.eval.demo_report import DemoReport, read_json_object, write_demo_report
 from salt_vla.eval.probe import ProbeConfig
 from salt_vla.files import write_json_atomic
+from salt_vla.runs.rundir import TEACHER_EXPORT_NAME, checkpoint_path
 
 VIEW = "tiny-8x64"  # the view of the tiny presets: 8 frames x 64 px -> 4 x 4 x 4 tokens
 TEACHER_EXP = "teacher-tiny"
@@ -229,12 +230,11 @@ def _stage_teacher(d: Path, data: Path, cfg: DemoConfig, echo: Callable[[str], N
     from salt_vla.trainer.checkpoint import CheckpointError
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec
     from salt_vla.trainer.teacher_experiments import resolve_teacher
-    from salt_vla.trainer.teacher_export import EXPORT_NAME
     from salt_vla.trainer.teacher_train import train_teacher
 
     run_dir = d / "teacher"
-    weights = run_dir / EXPORT_NAME
-    if weights.is_file() and weights.with_name(EXPORT_NAME + ".json").is_file():
+    weights = run_dir / TEACHER_EXPORT_NAME
+    if weights.is_file() and weights.with_name(TEACHER_EXPORT_NAME + ".json").is_file():
         rec.reused, rec.detail = True, str(weights)
         return str(weights.resolve())
     try:
@@ -296,11 +296,7 @@ def _stage_train(d: Path, cache: Path, cfg: DemoConfig, echo: Callable[[str], No
     from salt_vla.cache.format import CacheFormatError
     from salt_vla.cache.latent_store import CacheMismatchError, MissingRowError
     from salt_vla.errors import ConfigError
-    from salt_vla.trainer.checkpoint import (
-        CheckpointError,
-        checkpoint_path,
-        load_checkpoint,
-    )
+    from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
     from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
 

@@ -33,6 +33,14 @@ from salt_vla.errors import SaltError
 from salt_vla.files import atomic_path, write_json_atomic
 from salt_vla.models.pixels import IMAGENET_MEAN, IMAGENET_STD, frames_to_input
 from salt_vla.models.student import Student, StudentConfig
+from salt_vla.runs.rundir import (
+    CONFIG_NAME,
+    ENCODER_NAME,
+    ENCODER_SUFFIX,
+    RunDirError,
+    read_run_config,
+    resolve_run_path,
+)
 
 FORMAT = "salt-vla-encoder"
 VERSION = 1
@@ -54,15 +62,16 @@ class ExportResult:
 
 def _run_view(cfg: Any, run_dir: Path) -> Any:
     """The view the run trained on: its preset, or the store's own view (``view="store"``)."""
+    from salt_vla.cache.format import MANIFEST
     from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import STORE_VIEW, view_spec
 
     store_view = None
     if cfg.view == STORE_VIEW:
-        meta_path = run_dir / "config.json"
+        meta_path = run_dir / CONFIG_NAME
         try:
-            cache = json.loads(meta_path.read_text())["data"]["cache"]
-            store_view = json.loads((Path(cache) / "cache.json").read_text())["view"]
+            cache = read_run_config(run_dir)[1]["data"]["cache"]
+            store_view = json.loads((Path(cache) / MANIFEST).read_text())["view"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ExportError(
                 f"the run trained with view='store' (the cache's own view), but its cache "
@@ -84,12 +93,14 @@ def export_encoder(
 
     from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import student_config
-    from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+    from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
     from salt_vla.trainer.experiments import TrainConfig
 
-    run = Path(run).expanduser()
-    ckpt = checkpoint_path(run) if run.is_dir() else run
-    run_dir = ckpt.parent
+    try:
+        target = resolve_run_path(run, ("run", "checkpoint"))
+    except RunDirError as e:
+        raise ExportError(f"cannot export {run}: {e}") from None
+    ckpt, run_dir = target.file, target.run_dir
     try:
         state = load_checkpoint(ckpt)
         cfg = TrainConfig.from_dict(state["config"])
@@ -140,9 +151,9 @@ def export_encoder(
             "train_config": cfg.to_dict(),
         },
     }
-    out = Path(out).expanduser() if out is not None else run_dir / "encoder.safetensors"
-    if out.suffix != ".safetensors":
-        raise ExportError(f"--out {out}: name the file *.safetensors")
+    out = Path(out).expanduser() if out is not None else run_dir / ENCODER_NAME
+    if out.suffix != ENCODER_SUFFIX:
+        raise ExportError(f"--out {out}: name the file *{ENCODER_SUFFIX}")
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
     sidecar = out.with_suffix(".json")

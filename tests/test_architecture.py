@@ -110,3 +110,18 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     g = graph()
     assert "salt_vla.cache.build" in g["salt_vla.cli.cache"]  # imported inside cache_build()
     assert "salt_vla.eval.probe_run" in g["salt_vla.demo"]  # inside _probe_one()
+
+
+def test_trainer_reads_only_the_run_directory_contract() -> None:
+    """The trainer writes run directories, so it may use their contract (file names, config,
+    heartbeat); status, sweep and report sit above it and launch or read it."""
+    allowed = {"salt_vla.runs.rundir", "salt_vla.runs.heartbeat"}
+    bad = sorted(f"{m} imports {d}" for m, deps in graph().items() if layer(m) == "trainer"
+                 for d in deps if layer(d) == "runs" and d not in allowed)
+    assert not bad, "the trainer imports more of runs/ than its contract:\n" + "\n".join(bad)
+
+
+def test_run_directory_contract_stands_alone() -> None:
+    deps = graph()["salt_vla.runs.rundir"]
+    bad = sorted(d for d in deps if layer(d) not in GROUND)
+    assert not bad, f"runs/rundir.py must import only the ground floor, imports {bad}"

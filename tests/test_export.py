@@ -15,8 +15,9 @@ import salt_vla
 from salt_vla.cli import app
 from salt_vla.export import ExportError, export_encoder, read_export_config
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.runs.rundir import checkpoint_path
 from salt_vla.trainer.build import build_model
-from salt_vla.trainer.checkpoint import checkpoint_path, save_checkpoint
+from salt_vla.trainer.checkpoint import save_checkpoint
 from salt_vla.trainer.experiments import resolve
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"
@@ -105,3 +106,29 @@ def test_docs_code_sample_runs(trained_run, tmp_path: Path, monkeypatch) -> None
     scope: dict = {}
     exec(compile(blocks[0], str(DOC), "exec"), scope)
     assert scope["tokens"].shape == (2, 64, 64) and scope["pooled"].shape == (2, 64)
+
+
+def test_one_resolver_and_probing_an_export(trained_run, tmp_path: Path) -> None:
+    """A run directory, its checkpoint and its export each resolve to what they are, and
+    `--encoder` takes the export: the same features as the run's student, on its view."""
+    from salt_vla.eval.encoders import resolve_encoder
+    from salt_vla.runs.rundir import RunDirError, resolve_run_path
+
+    run_dir, _ = trained_run
+    out = export_encoder(run_dir, tmp_path / "enc.safetensors").weights
+    assert resolve_run_path(run_dir).kind == "run"
+    assert resolve_run_path(checkpoint_path(run_dir)).kind == "checkpoint"
+    got = resolve_run_path(out)
+    assert got.kind == "encoder" and got.run_dir == tmp_path and got.file == out
+    with pytest.raises(RunDirError, match="exported encoder"):
+        resolve_run_path(out, ("run", "checkpoint"))
+    with pytest.raises(RunDirError, match="holds no checkpoint"):
+        resolve_run_path(tmp_path)
+    with pytest.raises(ExportError, match="exported encoder"):
+        export_encoder(out)
+    frames = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(2))
+    from_run, from_export = resolve_encoder(str(run_dir)), resolve_encoder(str(out))
+    assert from_export.kind == "encoder" and from_export.view == from_run.view
+    torch.testing.assert_close(from_export.features(frames), from_run.features(frames),
+                               rtol=0, atol=1e-6)

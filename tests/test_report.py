@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.report import write_report
-from salt_vla.trainer.run_status import rolling_best
+from salt_vla.runs.report import write_report
+from salt_vla.runs.smoothing import rolling_best
 
 
 def test_report_of_two_runs(tmp_path: Path, make_run) -> None:

@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.heartbeat import Heartbeat, pid_alive, process_start, read_heartbeat
-from salt_vla.trainer.run_status import run_status, status_of
+from salt_vla.runs.heartbeat import Heartbeat, pid_alive, process_start
+from salt_vla.runs.rundir import read_heartbeat
+from salt_vla.runs.status import run_status, status_of
 
 
 def dead_pid() -> int:

@@ -13,19 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.report import write_report
-from salt_vla.trainer.sweep import (
-    SweepError,
-    format_plan,
-    load_spec,
-    new_state,
-    parse_spec,
-    read_state,
-    run_sweep,
-    save_state,
-    sweep_lock,
-    sweep_status,
-)
+from salt_vla.runs.report import write_report
+from salt_vla.runs.status import sweep_status
+from salt_vla.runs.sweep import format_plan, new_state, run_sweep
+from salt_vla.runs.sweep_dir import SweepError, read_state, save_state, sweep_lock
+from salt_vla.runs.sweep_spec import load_spec, parse_spec
 
 # Stands in for `salt train` behind the spec's launcher: it gets `SALT_SCRIPT train --exp E
 # --out D --resume auto --set ...`, records its argv, and writes a finished run whose

@@ -13,6 +13,7 @@ import torch
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.masking.config import MaskConfig
 from salt_vla.models.grid import TokenGrid
+from salt_vla.runs.rundir import read_metrics
 from salt_vla.trainer.data import (
     BatchFeeder,
     ClipDataset,
@@ -26,7 +27,6 @@ from salt_vla.trainer.metrics_log import (
     MetricsLogger,
     format_duration,
     progress_line,
-    read_metrics,
     resolve_wandb_mode,
 )
 from salt_vla.trainer.sources import MemoryFrames, MemoryTargets

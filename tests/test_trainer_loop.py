@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from salt_vla.errors import ConfigError
+from salt_vla.runs.rundir import loss_curve, read_heartbeat
 from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
 from salt_vla.trainer.experiments import resolve
-from salt_vla.trainer.heartbeat import read_heartbeat
-from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, loss_curve, train
+from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
 from salt_vla.trainer.sources import memory_sources
 
 # A small, fast student/predictor for loop mechanics (the "tiny" preset's data shapes).

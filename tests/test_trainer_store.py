@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from salt_vla.cache.latent_store import CacheMismatchError, LatentStore
 from salt_vla.cli import app
+from salt_vla.runs.rundir import loss_curve
 from salt_vla.trainer.checkpoint import load_checkpoint
 from salt_vla.trainer.experiments import resolve
-from salt_vla.trainer.loop import RunSpec, loss_curve, train
+from salt_vla.trainer.loop import RunSpec, train
 from salt_vla.trainer.sources import check_store, open_store
 
 # Fast model for mechanics tests (the store's shapes are the tiny preset's).

@@ -88,12 +88,8 @@ def sweep_cmd(
     ),
     poll: float = typer.Option(60.0, "--poll", help="Seconds between progress lines."),
 ) -> None:
-    from salt_vla.trainer.sweep import (
-        format_plan,
-        load_spec,
-        run_sweep,
-        seed_spec_text,
-    )
+    from salt_vla.runs.sweep import format_plan, run_sweep
+    from salt_vla.runs.sweep_spec import load_spec, seed_spec_text
 
     if show_spec:
         if spec == "seed":
@@ -133,7 +129,7 @@ def status_cmd(
 ) -> None:
     import json
 
-    from salt_vla.trainer.run_status import format_status, status_json, status_of
+    from salt_vla.runs.status import format_status, status_json, status_of
 
     result = status_of(path.expanduser(), stall_after, window)
     if as_json:
@@ -154,7 +150,7 @@ def report_cmd(
         20, "--window", help="Logged values averaged for the smoothed numbers and curves."
     ),
 ) -> None:
-    from salt_vla.trainer.report import write_report
+    from salt_vla.runs.report import write_report
 
     rep = write_report([r.expanduser() for r in runs], out.expanduser(), window)
     say(f"report: {rep.markdown.resolve()}  ({'--out' if out != Path('report.md') else 'default'})")

@@ -4,6 +4,9 @@
 
 - ``RUN_DIR`` or ``CKPT``: the student of a ``salt train`` run (its ``ckpt.pt``), on the run's
   view unless another view of the same shape is asked for;
+- ``ENCODER.safetensors``: an encoder written by ``salt export``, on its recorded view (same
+  rule); what a run directory, a checkpoint or an export names is decided in one place,
+  :func:`salt_vla.runs.rundir.resolve_run_path`;
 - ``random:ARCH`` or ``random:ARCH:SEED``: a randomly initialised student of size ARCH (tiny,
   small, base, large) with seed SEED (default 0): the "no training" baseline;
 - ``teacher:SOURCE``: the frozen VideoMAEv2 teacher's target tokens (the latents the student
@@ -31,6 +34,7 @@ from salt_vla.data.view import ViewSpec
 from salt_vla.errors import SaltError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.runs.rundir import RunDirError, RunPath, resolve_run_path
 
 RANDOM_PREFIX = "random:"
 TEACHER_PREFIX = "teacher:"
@@ -41,8 +45,9 @@ class EncoderError(SaltError, ValueError):
 
 
 USAGE = (
-    "use RUN_DIR or CKPT (a trained run), random:ARCH[:SEED] (ARCH: tiny, small, base, large) "
-    "or teacher:SOURCE (SOURCE: a VideoMAEv2 checkpoint, random:vit_tiny:0, or a RUN_DIR)"
+    "use RUN_DIR or CKPT (a trained run), ENCODER.safetensors (from `salt export`), "
+    "random:ARCH[:SEED] (ARCH: tiny, small, base, large) or teacher:SOURCE (SOURCE: a "
+    "VideoMAEv2 checkpoint, random:vit_tiny:0, or a RUN_DIR)"
 )
 
 
@@ -51,7 +56,7 @@ class FrozenEncoder:
     """A frozen network and the view it reads; :meth:`features` maps frames to tokens."""
 
     name: str  # what the user passed
-    kind: str  # "run" | "random" | "teacher"
+    kind: str  # "run" | "encoder" | "random" | "teacher"
     module: nn.Module
     view: ViewSpec
     dim: int
@@ -150,11 +155,12 @@ def _teacher(
                          describe, teacher.targets)
 
 
-def _run_student(name: str, view: ViewSpec | None, device: torch.device) -> FrozenEncoder:
+def _run_student(name: str, target: RunPath, view: ViewSpec | None,
+                 device: torch.device) -> FrozenEncoder:
     from salt_vla.eval.trained_run import load_run
     from salt_vla.models.checkpoint import file_sha256
 
-    run = load_run(name, device)
+    run = load_run(target.file, device)
     if view is not None:
         _check_same_shape(view, run.view, f"the student of {run.checkpoint}")
     view = view or run.view
@@ -162,6 +168,26 @@ def _run_student(name: str, view: ViewSpec | None, device: torch.device) -> Froz
     describe = dict(run.describe, kind="run", sha256=file_sha256(run.checkpoint))
     return FrozenEncoder(name, "run", student, view, student.embed_dim, student.grid, device,
                          describe, student.forward_features)
+
+
+def _exported(name: str, target: RunPath, view: ViewSpec | None,
+              device: torch.device) -> FrozenEncoder:
+    from salt_vla.export import load_encoder
+    from salt_vla.models.checkpoint import file_sha256
+
+    encoder = load_encoder(target.file, device)
+    own = ViewSpec.from_dict(encoder.config["view"]["spec"])
+    if view is not None:
+        _check_same_shape(view, own, f"the exported encoder {target.file}")
+    student = encoder.student
+    dtype = student.patch_embed.weight.dtype  # a bf16/fp16 export keeps its stored type
+    source = encoder.config.get("source", {})
+    describe = {"kind": "encoder", "path": str(target.file.resolve()),
+                "sha256": file_sha256(target.file), "exp": source.get("exp", ""),
+                "step": source.get("step", 0), "student": student.cfg.size,
+                "dim": student.embed_dim, "dtype": encoder.config.get("dtype", "")}
+    return FrozenEncoder(name, "encoder", student, view or own, student.embed_dim, student.grid,
+                         device, describe, lambda x: student.forward_features(x.to(dtype)))
 
 
 def resolve_encoder(
@@ -175,17 +201,18 @@ def resolve_encoder(
     ``view``: the pixels to feed it; None means the run's own view (random and teacher-file
     encoders have none, so they need one). ``teacher_arch`` sizes a ``teacher:PATH`` model.
     """
-    from salt_vla.eval.trained_run import RunError
-
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     if name.startswith(RANDOM_PREFIX):
         return _random_student(name, view, dev)
     try:
         if name.startswith(TEACHER_PREFIX):
             return _teacher(name, view, dev, teacher_arch)
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise EncoderError(f"encoder {name!r}: no such run directory or checkpoint; {USAGE}")
-        return _run_student(str(path), view, dev)
-    except RunError as e:
+        try:
+            target = resolve_run_path(name)
+        except RunDirError as e:
+            raise EncoderError(f"encoder {name!r}: {e}; {USAGE}") from e
+        if target.kind == "encoder":
+            return _exported(name, target, view, dev)
+        return _run_student(name, target, view, dev)
+    except RunDirError as e:  # the run's files are there but cannot be used
         raise EncoderError(str(e)) from e

@@ -343,6 +343,7 @@ def run_intphys(run_dir: Path | str, data: Path | str, contexts: Sequence[int] |
 
     from salt_vla.distributed import pick_device
     from salt_vla.files import write_json_atomic
+    from salt_vla.runs.rundir import INTPHYS_NAME
 
     t0 = time.perf_counter()
     dev = pick_device(device)
@@ -353,7 +354,7 @@ def run_intphys(run_dir: Path | str, data: Path | str, contexts: Sequence[int] |
     cfg = SurpriseConfig(contexts=tuple(contexts) if contexts else default_contexts(model.grid.t),
                          frame_step=frame_step, stride=stride, error=error,
                          batch_size=batch_size)
-    path = Path(out or trained.run_dir / "intphys.json").expanduser()
+    path = Path(out or trained.run_dir / INTPHYS_NAME).expanduser()
     g = model.grid
     echo(f"model: {trained.checkpoint} step {trained.step}, grid {g.as_tuple()} (t x h x w), "
          f"view {trained.config.view}")

@@ -27,6 +27,7 @@ from salt_vla.data.view import ViewSpec
 from salt_vla.errors import SaltError
 from salt_vla.eval.probe import ProbeConfig
 from salt_vla.files import write_json_atomic
+from salt_vla.runs.rundir import PROBE_NAME, resolve_run_path
 
 SCHEMA = 1
 
@@ -80,8 +81,9 @@ def default_probe_out(encoder: str, kind: str) -> Path:
     target = encoder.split(":", 1)[1] if encoder.startswith("teacher:") else encoder
     path = Path(target).expanduser()
     if not encoder.startswith("random:") and path.exists():
-        run_dir = path if path.is_dir() else path.parent
-        name = "probe-teacher" if encoder.startswith("teacher:") else "probe"
+        run_dir = resolve_run_path(path).run_dir
+        # Every name matches rundir.PROBE_GLOB, so `salt report` finds them all.
+        name = "probe-teacher" if encoder.startswith("teacher:") else Path(PROBE_NAME).stem
         return run_dir / f"{name}{suffix}.json"
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder)
     return Path(f"probe-{safe}{suffix}.json")

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic save (temp file, fsync, rename) and safe load.
+"""Training checkpoints: atomic save (temp file, fsync, rename) and safe load. Where a run
+keeps its checkpoint is the run-directory contract's (``runs.rundir.checkpoint_path``).
 
 A checkpoint holds the student, predictor and optimiser state, the step (schedules are pure
 functions of it), the data position, every RNG state and the resolved config. Loading uses
@@ -18,17 +19,11 @@ import torch
 from salt_vla.errors import SaltError
 from salt_vla.files import atomic_path
 
-CKPT_NAME = "ckpt.pt"
 FORMAT = 1
 
 
 class CheckpointError(SaltError, RuntimeError):
     """A checkpoint that is missing, unreadable or from an incompatible run."""
-
-
-def checkpoint_path(run_dir: Path | str) -> Path:
-    """Where a run keeps its latest checkpoint."""
-    return Path(run_dir) / CKPT_NAME
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:

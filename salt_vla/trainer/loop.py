@@ -10,8 +10,8 @@ run continues exactly where the checkpoint left it.
 
 What is trained comes from a ``Task`` (``task.py``): stage 2's student + predictor by
 default; the stage-1 pixel teacher reuses this loop unchanged. Rank 0 writes config.json,
-metrics.jsonl, heartbeat.json (``heartbeat.py``: alive / finished / stopped / failed) and
-the checkpoints.
+metrics.jsonl, heartbeat.json (``runs/heartbeat.py``: alive / finished / stopped / failed)
+and the checkpoints, under the names of the run-directory contract (``runs/rundir.py``).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from salt_vla import distributed as dist_utils
 from salt_vla.errors import ConfigError, SaltError
-from salt_vla.files import write_json_atomic
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.runs.heartbeat import Heartbeat
+from salt_vla.runs.rundir import checkpoint_path, nonfinite_path, write_run_config
 from salt_vla.trainer.build import mask_config
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
     capture_rng,
-    checkpoint_path,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -51,15 +51,12 @@ from salt_vla.trainer.data import (
     plan_loader,
     shm_free_bytes,
 )
-from salt_vla.trainer.heartbeat import Heartbeat
 from salt_vla.trainer.interrupt import StopRequest
 from salt_vla.trainer.loop_config import LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
 from salt_vla.trainer.optim import build_optimizer, set_schedules
 from salt_vla.trainer.sources import DataSources
 from salt_vla.trainer.task import SALT_TASK, Task
-
-CONFIG_NAME = "config.json"
 
 
 class NonFiniteLoss(SaltError, RuntimeError):
@@ -118,11 +115,6 @@ def find_resume(run: RunSpec) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file")
     return path
-
-
-def write_run_config(run_dir: Path, cfg: LoopConfig, extra: dict[str, Any]) -> Path:
-    """``run_dir/config.json``: the resolved config plus where the run got its data."""
-    return write_json_atomic(run_dir / CONFIG_NAME, {"config": cfg.to_dict(), **extra})
 
 
 def autocast_for(cfg: LoopConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -314,7 +306,7 @@ def _train(
                     nonfinite += 1
                     what = f"non-finite loss/gradient (loss {values[0]}) at step {done}"
                     if nonfinite > cfg.skip_nonfinite:
-                        path = checkpoint(step, run_dir / f"nonfinite-step{done}.pt")
+                        path = checkpoint(step, nonfinite_path(run_dir, done))
                         raise NonFiniteLoss(
                             f"{what}, rows {batch.rows.tolist()[:8]}...: stopped after "
                             f"{nonfinite} such step(s) (skip_nonfinite={cfg.skip_nonfinite}). "
@@ -384,14 +376,3 @@ def _train(
         if logger:
             logger.close()
     return result
-
-
-def loss_curve(run_dir: Path | str) -> list[tuple[int, float]]:
-    """``(step, loss)`` pairs logged in a run's metrics.jsonl (for tests and plots)."""
-    from salt_vla.trainer.metrics_log import read_metrics
-
-    out = [(r["step"], r["loss"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-           if "loss" in r]
-    return out
-
-

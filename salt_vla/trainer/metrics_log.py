@@ -1,5 +1,6 @@
 """Where training metrics go: a console progress line, ``metrics.jsonl`` (always) and wandb
-(when enabled). Only rank 0 constructs a logger.
+(when enabled). Only rank 0 constructs a logger. The file's name, reader and resume
+truncation are the run-directory contract's (:mod:`salt_vla.runs.rundir`); this is its writer.
 
 wandb mode: ``--wandb online|offline|disabled``; without the option it is disabled unless
 ``WANDB_MODE`` or ``WANDB_API_KEY`` is set (then wandb's own environment rules apply).
@@ -18,9 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from salt_vla.errors import ConfigError
-from salt_vla.files import write_text_atomic
+from salt_vla.runs.rundir import METRICS_NAME, WANDB_ID_NAME, truncate_metrics
 
-METRICS_NAME = "metrics.jsonl"
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -61,33 +61,6 @@ def progress_line(step: int, total: int, m: dict[str, Any]) -> str:
     )
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records after ``last_step`` (the part of a killed run that a resume redoes), so
-    the file holds each step once. Rewritten atomically."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a kill
-            continue
-        if rec.get("step", 0) <= last_step:
-            keep.append(line)
-    write_text_atomic(path, "".join(k + "\n" for k in keep))
-
-
-def read_metrics(path: Path | str) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (torn last lines skipped)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 class MetricsLogger:
     """Writes each logged step to the console, ``run_dir/metrics.jsonl`` and wandb."""
 
@@ -111,7 +84,7 @@ class MetricsLogger:
             truncate_metrics(self.path, resume_step)
         elif self.path.exists():
             # A fresh run in a directory whose earlier run left no checkpoint: keep its log.
-            self.path.rename(self.path.with_name(f"metrics.{int(time.time())}.jsonl"))
+            self.path.rename(self.path.with_suffix(f".{int(time.time())}.jsonl"))
         self._file = open(self.path, "a", buffering=1)
         self._wandb = None
         if wandb_mode != "disabled":
@@ -154,7 +127,7 @@ def _is_number(v: Any) -> bool:
 
 def _wandb_id(run_dir: Path) -> str:
     """A stable wandb run id per run directory, so a resumed run continues its wandb run."""
-    path = run_dir / "wandb_id.txt"
+    path = run_dir / WANDB_ID_NAME
     if path.exists():
         return path.read_text().strip()
     import uuid

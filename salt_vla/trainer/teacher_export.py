@@ -22,10 +22,9 @@ from salt_vla.errors import SaltError
 from salt_vla.files import write_text_atomic
 from salt_vla.models.checkpoint import file_sha256, save_state_dict
 from salt_vla.models.teacher import TeacherSpec, load_teacher
-from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from salt_vla.runs.rundir import TEACHER_EXPORT_NAME, RunDirError, resolve_run_path
+from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
 from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
-
-EXPORT_NAME = "teacher.pth"
 
 
 class TeacherExportError(SaltError, ValueError):
@@ -61,13 +60,10 @@ def teacher_spec(cfg: TeacherTrainConfig) -> TeacherSpec:
 
 
 def _resolve_checkpoint(run: Path) -> Path:
-    path = checkpoint_path(run) if run.is_dir() else run
-    if not path.is_file():
-        raise TeacherExportError(
-            f"{run}: no checkpoint ({path} does not exist); give a `salt teacher train` run "
-            "directory or its ckpt.pt"
-        )
-    return path
+    try:
+        return resolve_run_path(run, ("run", "checkpoint")).file
+    except RunDirError as e:
+        raise TeacherExportError(str(e)) from None
 
 
 def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExport:
@@ -88,7 +84,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
     except ValueError as e:
         raise TeacherExportError(f"{ckpt}: unreadable teacher config: {e}") from e
     spec = teacher_spec(cfg)
-    out = Path(out) if out is not None else ckpt.parent / EXPORT_NAME
+    out = Path(out) if out is not None else ckpt.parent / TEACHER_EXPORT_NAME
     weights = {k: v.float() for k, v in state["encoder"].items()}
     save_state_dict(weights, out)
     try:

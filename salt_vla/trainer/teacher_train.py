@@ -22,12 +22,13 @@ from salt_vla.distributed import is_main_process
 from salt_vla.errors import ConfigError
 from salt_vla.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from salt_vla.models.teacher import TeacherSpec
+from salt_vla.runs.rundir import FAILURES_NAME
 from salt_vla.trainer.loop import RunSpec, TrainResult, train
 from salt_vla.trainer.pixel_objective import PixelModel, trainable_encoder
 from salt_vla.trainer.sources import DataSources
 from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
 from salt_vla.trainer.teacher_export import TeacherExport, export_teacher
-from salt_vla.trainer.video_source import FAILURES_NAME, open_video_clips, read_failures
+from salt_vla.trainer.video_source import open_video_clips, read_failures
 
 
 def build_pixel_model(cfg: TeacherTrainConfig, num_frames: int, img_size: int) -> PixelModel:

@@ -28,7 +28,6 @@ from salt_vla.trainer.sources import DataSources, VideoFrames
 
 log = logging.getLogger(__name__)
 
-FAILURES_NAME = "decode_failures.jsonl"
 MAX_SKIP = 32  # consecutive unreadable clips tolerated before the data is declared broken
 
 

@@ -10,7 +10,6 @@ backend switch are needed.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -19,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from salt_vla.errors import SaltError
-from salt_vla.trainer.run_status import (
-    DEFAULT_WINDOW,
-    RunFiles,
-    is_run_dir,
-    read_run,
-    rolling_best,
-    run_status,
-    smoothed,
-)
+from salt_vla.files import write_text_atomic
+from salt_vla.runs.rundir import MARKERS_TEXT, PROBE_GLOB, RunFiles, is_run_dir, read_run
+from salt_vla.runs.smoothing import DEFAULT_WINDOW, rolling_best, smoothed
+from salt_vla.runs.status import run_status
+from salt_vla.runs.sweep_dir import is_sweep_dir, read_state
 
 PLOTS = (("loss", "loss"), ("norm_loss", "normalised loss"), ("lr", "learning rate"))
 # Keys that differ between runs without changing what they compute.
@@ -57,15 +52,18 @@ class RunSummary:
 
 
 def read_probes(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{file stem: {"top1", "top5", "kind"}}`` for every ``probe*.json`` in the run dir."""
+    """``{file stem: {"top1", "top5", "kind"}}`` for every ``probe*.json`` in the run dir
+    (files that are not probe records are left out)."""
+    # Imported here: the probe module pulls in torch, which a loss table does not need.
+    from salt_vla.eval.probe_run import read_probe_result
+
     out = {}
-    for path in sorted(run_dir.glob("probe*.json")):
-        try:
-            data = json.loads(path.read_text())
+    for path in sorted(run_dir.glob(PROBE_GLOB)):
+        data = read_probe_result(path)
+        if data is not None:
+            probe = data.get("probe")
             out[path.stem] = {"top1": float(data["top1"]), "top5": data.get("top5"),
-                              "kind": (data.get("probe") or {}).get("kind", "")}
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+                              "kind": probe.get("kind", "") if isinstance(probe, dict) else ""}
     return out
 
 
@@ -174,8 +172,6 @@ class Report:
 
 def expand_runs(paths: list[Path | str]) -> list[Path]:
     """Run directories, with a sweep directory standing for its launched runs (in order)."""
-    from salt_vla.trainer.sweep import is_sweep_dir, read_state
-
     out: list[Path] = []
     for p in map(Path, paths):
         if is_sweep_dir(p):
@@ -197,8 +193,8 @@ def write_report(
         raise ReportError("no run directories given (or the sweep launched none yet)")
     for d in dirs:
         if not is_run_dir(d):
-            raise ReportError(f"{d} is not a run directory (no config.json, metrics.jsonl, "
-                              "ckpt.pt or heartbeat.json); pass `salt train --out` directories")
+            raise ReportError(f"{d} is not a run directory (no {MARKERS_TEXT}); pass "
+                              "`salt train --out` directories")
     runs = [summarize(d, label, window) for d, label in zip(dirs, labels_for(dirs), strict=True)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +203,7 @@ def write_report(
         p = plot_metric(runs, key, title, out.with_name(f"{out.stem}-{key}.png"), window)
         if p is not None:
             plots.append(p)
-    out.write_text("\n".join(report_lines(runs, plots, window)) + "\n")
+    write_text_atomic(out, "\n".join(report_lines(runs, plots, window)) + "\n")
     return Report(out, plots, runs)
 
 
