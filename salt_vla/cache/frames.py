@@ -1,11 +1,13 @@
-"""Frame shards: the student's input pixels for the cached rows, as webdataset tars of JPEGs.
+"""Frame shards: the student's input pixels for the cached rows, as webdataset tars of JPEGs;
+the JPEG codec, the tar writer and its readers.
 
 Sample of row ``r`` (key ``f"{r:09d}"``): ``<key>.json`` (``{"row", "video_id", "view",
 "label"}``) then one ``<key>.<t:03d>.jpg`` per frame. The build encodes each frame with
 :func:`encode_jpeg`, decodes it back with :func:`decode_jpeg`, and feeds *those* pixels to the
 teacher, so a reader that decodes these files with the same function sees exactly the pixels
 the teacher saw. Tars are written deterministically (fixed mtimes, owners, order), so the same
-rows give the same bytes.
+rows give the same bytes. The writer notes where each member landed (the commit record's
+member table), so readers need not scan the tar headers.
 """
 
 from __future__ import annotations
@@ -79,21 +81,35 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 
 class FramesTarWriter:
-    """Streams one frames shard: ``add(row, jpegs, meta)`` in row order, then ``close()``."""
+    """Streams one frames shard: ``add(key, jpegs, meta)`` in row order, then ``close()``."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._out = _HashingWriter(f)
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
 
-    def _add(self, name: str, data: bytes) -> None:
+    def _add(self, name: str, data: bytes) -> int:
+        start = self._out.size
         self._tar.addfile(_member(name, len(data)), io.BytesIO(data))
+        # The member table's offset rule assumes one header block per member; USTAR_FORMAT
+        # guarantees it (it refuses names that would need an extra header). Check anyway: a
+        # wrong table would hand the trainer other bytes than the frame.
+        padded = (len(data) + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+        if self._out.size != start + tarfile.BLOCKSIZE + padded:
+            raise RuntimeError(f"tarfile wrote {self._out.size - start} bytes for member "
+                               f"{name} of {len(data)} bytes; expected one header block")
+        return len(data)
 
-    def add(self, key: str, jpegs: list[bytes], meta: dict[str, Any]) -> None:
-        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+    def add(self, key: str, jpegs: list[bytes], meta: dict[str, Any]) -> list[int]:
+        """Append one sample; returns its member-table entry ``[offset, n_0, ..., n_T]``:
+        the byte offset of its first header and the data size of each member in tar order
+        (``<key>.json``, then the frames). docs/cache-format.md gives the offset rule."""
+        entry = [self._out.size]
+        entry.append(self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
         for t, jpg in enumerate(jpegs):
-            self._add(f"{key}.{t:03d}.jpg", jpg)
+            entry.append(self._add(f"{key}.{t:03d}.jpg", jpg))
         self.samples += 1
+        return entry
 
     def close(self) -> tuple[int, str]:
         """Finish the tar; returns ``(size, sha256 hex)``. The caller fsyncs the file."""
