@@ -1,5 +1,5 @@
 """Frame shards: the student's input pixels for the cached rows, as webdataset tars of JPEGs;
-the JPEG codec, the tar writer and its readers.
+the JPEG codec and the tar writer (frames_reader.py reads them).
 
 Sample of row ``r`` (key ``f"{r:09d}"``): ``<key>.json`` (``{"row", "video_id", "view",
 "label"}``) then one ``<key>.<t:03d>.jpg`` per frame. The build encodes each frame with
@@ -16,8 +16,6 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -115,89 +113,3 @@ class FramesTarWriter:
         """Finish the tar; returns ``(size, sha256 hex)``. The caller fsyncs the file."""
         self._tar.close()
         return self._out.size, self._out.sha.hexdigest()
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return key, ext
-
-
-def group_sample(key: str, files: dict[str, bytes]) -> dict[str, Any]:
-    """Files of one sample (extension -> bytes) -> ``{"row", "frames", "label", "video_id",
-    "view"}`` with frames uint8 ``[T, H, W, 3]``."""
-    if "json" not in files:
-        raise ValueError(f"frames sample {key} has no {key}.json")
-    meta = json.loads(files["json"])
-    names = sorted(e for e in files if e.endswith(".jpg"))
-    if not names:
-        raise ValueError(f"frames sample {key} has no frames")
-    frames = np.stack([decode_jpeg(files[n]) for n in names])
-    return {"row": int(meta["row"]), "frames": frames, "label": int(meta["label"]),
-            "video_id": str(meta["video_id"]), "view": int(meta["view"])}
-
-
-def iter_tar_files(path: Path | str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {ext: bytes})`` per sample of a frames tar, in file order, without decoding."""
-    key: str | None = None
-    files: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, ext = _split_name(member.name)
-            if key is not None and k != key:
-                yield key, files
-                files = {}
-            key = k
-            fobj = tar.extractfile(member)
-            assert fobj is not None
-            files[ext] = fobj.read()
-    if key is not None:
-        yield key, files
-
-
-def iter_frames_shard(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one frames tar, in row order (no webdataset needed)."""
-    for key, files in iter_tar_files(path):
-        yield group_sample(key, files)
-
-
-def _decode_wds(sample: dict[str, Any]) -> dict[str, Any]:
-    files = {k: v for k, v in sample.items() if not k.startswith("__")}
-    return group_sample(sample["__key__"], files)
-
-
-def frames_pipeline(
-    shards: Iterable[Path | str],
-    *,
-    shuffle_shards: bool = True,
-    seed: int = 0,
-    shuffle_buffer: int = 0,
-    split_by_node: bool = True,
-    split_by_worker: bool = True,
-) -> Any:
-    """A webdataset pipeline over frames tars yielding ``{"row", "frames", "label",
-    "video_id", "view"}``.
-
-    Shards are shuffled with ``seed`` and a per-iteration epoch counter (same order on every
-    rank, so the node split stays disjoint), then split across ``torch.distributed`` ranks and
-    DataLoader workers; ``shuffle_buffer`` > 0 also shuffles samples within that buffer.
-    Use it as an IterableDataset (``DataLoader(pipeline, num_workers=...)``).
-    """
-    import webdataset as wds
-
-    urls = [str(s) for s in shards]
-    stages: list[Any] = [wds.SimpleShardList(urls)]
-    if shuffle_shards:
-        stages.append(wds.detshuffle(bufsize=max(len(urls), 1), initial=max(len(urls), 1),
-                                     seed=seed))
-    if split_by_node:
-        stages.append(wds.split_by_node)
-    if split_by_worker:
-        stages.append(wds.split_by_worker)
-    stages.append(wds.tarfile_to_samples())
-    if shuffle_buffer > 0:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed))
-    stages.append(wds.map(_decode_wds))
-    return wds.DataPipeline(*stages)
