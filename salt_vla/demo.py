@@ -294,7 +294,8 @@ def _stage_verify(cache: Path, echo: Callable[[str], None], rec: StageTime) -> N
 def _stage_train(d: Path, cache: Path, cfg: DemoConfig, echo: Callable[[str], None],
                  rec: StageTime) -> Path:
     from salt_vla.cache.format import CacheFormatError
-    from salt_vla.cache.latent_store import CacheMismatchError, MissingRowError
+    from salt_vla.cache.latent_store import MissingRowError
+    from salt_vla.cache.store import CacheMismatchError
     from salt_vla.errors import ConfigError
     from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
     from salt_vla.trainer.experiments import resolve

@@ -102,7 +102,7 @@ def test_latent_store_in_forked_dataloader_workers(cache_store: Path) -> None:
 def test_frames_pipeline_matches_latent_rows(cache_store: Path) -> None:
     import torch.utils.data as tud
 
-    from salt_vla.cache.frames import frames_pipeline, iter_frames_shard
+    from salt_vla.cache.frames_reader import frames_pipeline, iter_frames_shard
 
     store = LatentStore(cache_store)
     shards = store.frames_shards()

@@ -172,7 +172,7 @@ def test_tar_index_matches_tarfile_and_reads_exact_frames(tmp_path: Path) -> Non
     import tarfile
 
     from salt_vla.cache.frames import FramesTarWriter, decode_jpeg, encode_jpeg
-    from salt_vla.trainer.tar_frames import FramesIndexError, TarFrames, _members
+    from salt_vla.cache.frames_reader import FramesIndexError, TarFrames, scan_members
 
     rng = np.random.default_rng(0)
     clips = {r: rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8) for r in (7, 8, 12)}
@@ -185,7 +185,7 @@ def test_tar_index_matches_tarfile_and_reads_exact_frames(tmp_path: Path) -> Non
         writer.close()
     with tarfile.open(path) as tar:
         want = [(m.name.encode(), m.offset_data, m.size) for m in tar if m.isfile()]
-    assert _members(path) == want
+    assert scan_members(path) == want
     frames = TarFrames([path])
     assert frames.rows.tolist() == [7, 8, 12]
     for r, clip in clips.items():

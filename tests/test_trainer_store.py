@@ -16,13 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from salt_vla.cache.latent_store import CacheMismatchError, LatentStore
+from salt_vla.cache.latent_store import LatentStore
+from salt_vla.cache.store import CacheMismatchError, check_store
 from salt_vla.cli import app
 from salt_vla.runs.rundir import loss_curve
 from salt_vla.trainer.checkpoint import load_checkpoint
 from salt_vla.trainer.experiments import resolve
 from salt_vla.trainer.loop import RunSpec, train
-from salt_vla.trainer.sources import check_store, open_store
+from salt_vla.trainer.sources import open_cached, store_expectation
 
 # Fast model for mechanics tests (the store's shapes are the tiny preset's).
 SMALL = ["student_dim=64", "student_depth=1", "student_heads=2", "predictor_width=32",
@@ -87,21 +88,21 @@ def test_cached_training_never_builds_a_teacher(store: Path, tmp_path: Path,
 
 def test_store_mismatches_are_refused_naming_both_values(store: Path, tmp_path: Path) -> None:
     meta = LatentStore(store).meta
-    check_store(resolve("tiny"), meta, store)  # the matching config passes
+    check_store(meta, store_expectation(resolve("tiny"), meta), store)  # the matching config passes
     with pytest.raises(CacheMismatchError) as e:
-        check_store(resolve("tiny", ["teacher_dim=768"]), meta, store)
+        check_store(meta, store_expectation(resolve("tiny", ["teacher_dim=768"]), meta), store)
     assert "store 192" in str(e.value) and "teacher_dim=768" in str(e.value)
     with pytest.raises(CacheMismatchError) as e:
-        check_store(resolve("tiny", ["patch=8"]), meta, store)
+        check_store(meta, store_expectation(resolve("tiny", ["patch=8"]), meta), store)
     assert "store (4, 4, 4)" in str(e.value) and "config (4, 8, 8)" in str(e.value)
     with pytest.raises(CacheMismatchError) as e:
-        open_store(resolve("tiny", ["view=tiny-8x64-mv2"]), store)
+        open_cached(resolve("tiny", ["view=tiny-8x64-mv2"]), store)
     msg = str(e.value)
     assert meta["view"]["hash"] in msg and "'tiny-8x64-mv2'" in msg
     from salt_vla.data.view import VIEW_PRESETS
     assert VIEW_PRESETS["tiny-8x64-mv2"].hash() in msg
     # A cache built with custom view flags: view=store adopts its spec (still hash-checked).
-    assert open_store(resolve("tiny", ["view=store"]), store).grid.as_tuple() == (4, 4, 4)
+    assert open_cached(resolve("tiny", ["view=store"]), store).grid.as_tuple() == (4, 4, 4)
     # And through the CLI, before any training step.
     result = CliRunner().invoke(app, ["train", "--exp", "tiny", "--cache", str(store),
                                       "--out", str(tmp_path / "r"), "--set", "teacher_dim=384"])
@@ -112,7 +113,7 @@ def test_store_mismatches_are_refused_naming_both_values(store: Path, tmp_path: 
 
 def test_failed_rows_are_skipped(cache_store: Path, tmp_path: Path) -> None:
     """The shared cache fixture has 3 undecodable videos: training uses the other rows."""
-    src = open_store(resolve("tiny"), cache_store)
+    src = open_cached(resolve("tiny"), cache_store)
     assert len(src.rows) == len(LatentStore(cache_store).valid_rows) < len(LatentStore(
         cache_store))
     cfg = resolve("tiny", SMALL + ["max_steps=3", "batch_size=4", "num_workers=0"])

@@ -5,9 +5,11 @@ A store is one directory per split::
     cache.json                     manifest (this module); written atomically
     latents.zarr/zarr.json         zarr v3 array metadata, [rows, tokens, dim], sharding codec
     latents.zarr/c/<shard>/0/0     one shard file per ``shard_size`` rows (see shard.py)
-    frames/shard-<shard:06d>.tar   webdataset tar of the same rows' JPEG frames (see frames.py)
+    frames/shard-<shard:06d>.tar   webdataset tar of the same rows' JPEG frames (written by
+                                   frames.py, read by frames_reader.py)
     commits/shard-<shard:06d>.json commit record of a shard: it exists only once the shard's
-                                   files are complete, renamed into place and checksummed
+                                   files are complete, renamed into place and checksummed;
+                                   it also says where each row's tar members are
     failures.jsonl                 videos that could not be decoded, one JSON object a line
     tmp/                           shards being written (never read; cleared by the next build)
 
@@ -29,7 +31,10 @@ from salt_vla.errors import SaltError
 from salt_vla.files import write_bytes_atomic
 
 FORMAT_NAME = "salt-vla-latent-cache"
-FORMAT_VERSION = 1
+# Version 2 added the frames member table to the commit records (and so to cache.json's shard
+# entries); a version-1 store reads the same, its tars' headers scanned instead.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST = "cache.json"
 LATENTS_DIR = "latents.zarr"
@@ -221,10 +226,11 @@ def read_manifest(root: Path | str) -> dict:
     meta = read_json(paths.manifest, "cache manifest")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CacheFormatError(f"{paths.manifest} is not a salt-vla cache manifest")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CacheFormatError(
             f"{paths.manifest} has format version {meta.get('format_version')}; this code "
-            f"reads version {FORMAT_VERSION}. Rebuild the cache with this version."
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Rebuild the cache with "
+            "this version."
         )
     return meta
 

@@ -1,7 +1,8 @@
 """Where a run's clips and targets come from, checked against its config before step one.
 
 - cached targets (the default): frames tars + memory-mapped latents of a store built by
-  ``salt cache build``. The teacher is never built.
+  ``salt cache build``, opened by ``salt_vla.cache.store``; this module only says what the
+  config expects of it. The teacher is never built.
 - online targets: decode the videos with the config's view, run the teacher on each batch.
 - in memory: arrays handed over by tests and benchmarks.
 """
@@ -16,13 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from salt_vla.cache.latent_store import CacheMismatchError, LatentStore
+from salt_vla.cache.store import StoreExpectation, open_store
 from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.trainer.build import STORE_VIEW, config_grid, spec_grid, view_spec
 from salt_vla.trainer.data import FrameSource, TargetSource
 from salt_vla.trainer.experiments import TrainConfig
-from salt_vla.trainer.tar_frames import TarFrames
 
 
 @dataclass
@@ -45,72 +45,37 @@ class DataSources:
         return self.teacher_factory(device)
 
 
-def store_mismatches(cfg: TrainConfig, meta: dict[str, Any]) -> list[str]:
-    """Every way the store (``cache.json`` dict) differs from what ``cfg`` would produce."""
-    problems = []
+def store_expectation(cfg: TrainConfig, meta: dict[str, Any]) -> StoreExpectation:
+    """What ``cfg`` would produce, to check a store (``cache.json`` dict) against, in the
+    config's words: each mismatch names the config key and the ``--set`` that fixes it."""
     spec = view_spec(cfg, meta["view"])
-    want_hash, have_hash = spec.hash(), meta["view"]["hash"]
-    if want_hash != have_hash and cfg.view == STORE_VIEW:
-        problems.append(
-            f"view: the store records view hash {have_hash} but its spec "
-            f"({meta['view'].get('spec')}) hashes to {want_hash} in this version of the "
-            "view code: its frames were made by other code; rebuild the cache"
-        )
-    elif want_hash != have_hash:
-        problems.append(
-            f"view: the store was built with view hash {have_hash} "
-            f"({meta['view'].get('spec')}), the config's view {cfg.view!r} has hash "
-            f"{want_hash} ({spec.to_dict()}): the student would not see the teacher's pixels "
-            f"(--set view={STORE_VIEW} adopts the store's view)"
-        )
-    want_grid = list(spec_grid(cfg, spec).as_tuple())
-    have_grid = list(meta["latents"]["grid"])
-    if want_grid != have_grid:
-        problems.append(
-            f"token grid: store {tuple(have_grid)} (t, h, w), config {tuple(want_grid)} "
-            f"(view {cfg.view!r}, tubelet {cfg.tubelet}, patch {cfg.patch})"
-        )
-    have_dim = int(meta["teacher"]["dim"])
-    if have_dim != cfg.teacher_dim:
-        problems.append(
-            f"teacher width: store {have_dim} ({meta['teacher'].get('arch')}), config "
-            f"teacher_dim={cfg.teacher_dim} (set --set teacher_dim={have_dim} to train on "
-            "this store)"
-        )
-    return problems
+    return StoreExpectation(
+        view=spec,
+        grid=spec_grid(cfg, spec).as_tuple(),
+        dim=cfg.teacher_dim,
+        adopts_view=cfg.view == STORE_VIEW,
+        title=f"experiment {cfg.name!r}",
+        by="config",
+        view_name=f"the config's view {cfg.view!r}",
+        view_fix=f"--set view={STORE_VIEW} adopts the store's view",
+        grid_from=f"view {cfg.view!r}, tubelet {cfg.tubelet}, patch {cfg.patch}",
+        dim_key="teacher_dim",
+        dim_fix="set --set teacher_dim={store} to train on this store",
+    )
 
 
-def check_store(cfg: TrainConfig, meta: dict[str, Any], where: Path | str) -> None:
-    """Refuse a store that does not match the config, naming both values of each mismatch."""
-    problems = store_mismatches(cfg, meta)
-    if problems:
-        raise CacheMismatchError(
-            f"the cache at {where} does not match experiment {cfg.name!r}:\n  - "
-            + "\n  - ".join(problems)
-        )
-
-
-def open_store(cfg: TrainConfig, cache_dir: Path | str) -> DataSources:
-    """Frames + latents of the store at ``cache_dir``, after :func:`check_store`."""
-    store = LatentStore(cache_dir)
-    check_store(cfg, store.meta, store.root)
+def open_cached(cfg: TrainConfig, cache_dir: Path | str) -> DataSources:
+    """Frames + latents of the store at ``cache_dir``, after checking it against ``cfg``."""
+    store = open_store(cache_dir, lambda meta: store_expectation(cfg, meta))
     spec = view_spec(cfg, store.meta["view"])
-    frames = TarFrames(store.frames_shards())
-    rows = np.intersect1d(store.valid_rows, frames.rows)
-    if len(rows) < len(store.valid_rows):
-        missing = np.setdiff1d(store.valid_rows, frames.rows)[:5].tolist()
-        raise CacheMismatchError(
-            f"the frames tars of {store.root} lack rows that have latents (e.g. {missing}); "
-            "run `salt cache verify`"
-        )
     return DataSources(
-        frames=frames,
-        targets=store,
-        rows=rows,
+        frames=store.frames,
+        targets=store.latents,
+        rows=store.rows,
         num_frames=spec.num_frames,
         img_size=spec.size,
         grid=spec_grid(cfg, spec),
-        describe={"targets": "cached", "cache": str(store.root), "rows": int(len(rows)),
+        describe={"targets": "cached", "cache": str(store.root), "rows": int(len(store.rows)),
                   "view_hash": store.view_hash, "teacher": store.teacher},
     )
 
@@ -181,7 +146,7 @@ def open_sources(cfg: TrainConfig, run: Any, echo: Callable[[str], None] = print
     if cfg.targets == "cached":
         if run.cache is None:
             raise ConfigError("cached targets need a cache directory (--cache)")
-        return open_store(cfg, run.cache)
+        return open_cached(cfg, run.cache)
     if run.data is None:
         raise ConfigError("targets='online' needs the dataset root (--data)")
     return open_videos(cfg, run.data, run.split)
