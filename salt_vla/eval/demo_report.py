@@ -18,7 +18,7 @@ from typing import Any
 
 from salt_vla.errors import SaltError
 from salt_vla.eval.probe_run import read_probe_result
-from salt_vla.files import write_json_atomic, write_text_atomic
+from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 from salt_vla.runs.rundir import loss_curve
 
 # Probe rows of the table, in order: file key -> label.
@@ -228,7 +228,8 @@ def plot_demo(results: list[SeedResult], path: Path | str) -> Path:
     ax_bar.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from salt_vla.errors import SaltError
-from salt_vla.files import write_text_atomic
+from salt_vla.files import atomic_path, write_text_atomic
 from salt_vla.runs.rundir import MARKERS_TEXT, PROBE_GLOB, RunFiles, is_run_dir, read_run
 from salt_vla.runs.smoothing import DEFAULT_WINDOW, rolling_best, smoothed
 from salt_vla.runs.status import run_status
@@ -159,7 +159,8 @@ def plot_metric(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
