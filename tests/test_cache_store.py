@@ -75,7 +75,7 @@ def _all_jpegs(frames: TarFrames, rows: np.ndarray) -> dict[int, list[bytes]]:
 
 def test_commit_records_hold_the_member_table_of_each_row(cache_store: Path) -> None:
     meta = json.loads((cache_store / "cache.json").read_text())
-    assert meta["format_version"] == FORMAT_VERSION == 2
+    assert meta["format_version"] == FORMAT_VERSION == 3
     num_frames = meta["frames"]["num_frames"]
     for s in meta["shards"]:
         rec = json.loads((cache_store / "commits" / f"shard-{s['index']:06d}.json").read_text())

@@ -21,20 +21,21 @@ import numpy as np
 from salt_vla import __version__
 from salt_vla.cache.decode_pool import DecodeTask, Loader, ViewLoader
 from salt_vla.cache.dist import BuildRanks, build_ranks
-from salt_vla.cache.format import StorePaths, read_json, shard_rows
+from salt_vla.cache.format import DTYPES, QUANTIZED_DTYPES, StorePaths, read_json, shard_rows
 from salt_vla.cache.frames import JPEG_QUALITY, JPEG_SUBSAMPLING_NAME
 from salt_vla.cache.pipeline import PipelineConfig, PipelineStats, TeacherFn, run_pipeline
 from salt_vla.cache.progress import Progress
 from salt_vla.cache.store_writer import (
     CacheBuildError,
+    ManifestWriter,
     StoreLock,
     committed_shards,
     new_manifest,
     prepare_store,
-    write_manifest,
 )
 
-STORE_DTYPES = ("float16", "float32")
+# int8: per-token float16 scale (quantize.py); readers hand float16 back.
+STORE_DTYPES = ("float16", "float32", "int8")
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,14 @@ def resolve_device(device: str, ranks: BuildRanks) -> str:
 def make_teacher_fn(teacher: Any, device: str, dtype: str = "float16") -> TeacherFn:
     """Wrap a Teacher as uint8 frames ``[B, T, H, W, 3]`` -> latents ``[B, N, D]`` in the
     storage ``dtype``. The cast happens on the device: half the bytes to copy back, and no
-    CPU time spent converting (a batch of 32 ViT-B clips is 154 MB in float32)."""
+    CPU time spent converting (a batch of 32 ViT-B clips is 154 MB in float32). int8 stores
+    get float32 here: the shard writer quantises each row against its own per-token scale."""
     import torch
 
     from salt_vla.models.pixels import frames_to_input
 
-    out_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    out_dtype = {"float16": torch.float16, "float32": torch.float32,
+                 "int8": torch.float32}[dtype]
 
     def run(frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(frames)
@@ -179,7 +182,8 @@ def build_cache(cfg: BuildConfig, *, loader: Loader | None = None,
     loader (tests inject failures with it). Raises CacheBuildError with the fix."""
     say = log or (lambda msg: print(msg, file=sys.stderr))
     if cfg.dtype not in STORE_DTYPES:
-        raise CacheBuildError(f"--dtype {cfg.dtype}: choose one of {', '.join(STORE_DTYPES)}")
+        raise CacheBuildError(f"--latents-dtype {cfg.dtype}: choose one of "
+                              f"{', '.join(STORE_DTYPES)}")
     if cfg.shard_size < 1 or cfg.pipeline.batch_size < 1:
         raise CacheBuildError("--shard-size and --batch-size must be >= 1")
     ranks = build_ranks()
@@ -278,11 +282,16 @@ def _build_shards(cfg: BuildConfig, ranks: BuildRanks, root: Path, manifest: dic
         f"{len(todo)} to build ({n_todo} rows) on {device}")
 
     last = [0.0]
+    # Rank 0 keeps cache.json merged in memory: a rewrite costs O(new commits).
+    writer = ManifestWriter(root, manifest) if ranks.rank == 0 else None
 
     def on_commit(shard: int, record: dict[str, Any]) -> None:
+        if writer is None:
+            return
+        writer.add(shard, record)
         now = time.monotonic()
-        if ranks.rank == 0 and now - last[0] >= cfg.manifest_interval:
-            write_manifest(root, manifest)
+        if now - last[0] >= cfg.manifest_interval:
+            writer.write()
             last[0] = now
 
     progress = Progress(n_todo, label=f"cache build [rank {ranks.rank}]" if ranks.distributed
@@ -295,10 +304,10 @@ def _build_shards(cfg: BuildConfig, ranks: BuildRanks, root: Path, manifest: dic
             stats = run_pipeline(root, manifest, shard_tasks, loader, teacher_fn, cfg.pipeline,
                                  on_commit=on_commit, progress=progress)
         except BaseException:
-            if ranks.rank == 0:
+            if writer is not None:
                 # cache.json should show every shard committed before the failure.
                 try:
-                    write_manifest(root, manifest)
+                    writer.write()
                 except (OSError, CacheBuildError):
                     pass  # e.g. the disk is still full: the commit records remain the truth
             raise
@@ -309,9 +318,9 @@ def _build_shards(cfg: BuildConfig, ranks: BuildRanks, root: Path, manifest: dic
     all_stats = ranks.gather(stats)
     ranks.barrier()
     outcome: tuple[str, list[int]] | str = ("building", [])
-    if ranks.rank == 0:
+    if writer is not None:
         try:
-            final = write_manifest(root, manifest)
+            final = writer.write()
             outcome = (final["status"], [s["index"] for s in final["shards"]
                                          if s["status"] != "committed"])
         except CacheBuildError as e:
@@ -342,8 +351,9 @@ def _preflight_space(root: Path, manifest: dict[str, Any], shards_left: int,
                      say: Callable[[str], None]) -> None:
     """Warn (not fail: frames sizes are estimates) when the disk looks too small."""
     lat = manifest["latents"]
-    itemsize = 2 if lat["dtype"] == "float16" else 4
-    per_row = lat["tokens"] * lat["dim"] * itemsize
+    per_row = lat["tokens"] * lat["dim"] * DTYPES[lat["dtype"]].itemsize
+    if lat["dtype"] in QUANTIZED_DTYPES:
+        per_row += lat["tokens"] * 2  # the float16 scales
     fr = manifest["frames"]
     per_row += fr["num_frames"] * fr["height"] * fr["width"] // 8  # ~JPEG q90 size
     need = min(shards_left, lat["num_shards"]) * lat["shard_size"] * per_row

@@ -5,6 +5,8 @@ A store is one directory per split::
     cache.json                     manifest (this module); written atomically
     latents.zarr/zarr.json         zarr v3 array metadata, [rows, tokens, dim], sharding codec
     latents.zarr/c/<shard>/0/0     one shard file per ``shard_size`` rows (see shard.py)
+    latents_scale.zarr/c/<shard>/0 int8 stores only: the per-token float16 scales, [rows,
+                                   tokens], sharded like the latents (see quantize.py)
     frames/shard-<shard:06d>.tar   webdataset tar of the same rows' JPEG frames (written by
                                    frames.py, read by frames_reader.py)
     commits/shard-<shard:06d>.json commit record of a shard: it exists only once the shard's
@@ -32,19 +34,26 @@ from salt_vla.files import write_bytes_atomic
 
 FORMAT_NAME = "salt-vla-latent-cache"
 # Version 2 added the frames member table to the commit records (and so to cache.json's shard
-# entries); a version-1 store reads the same, its tars' headers scanned instead.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# entries); a version-1 store reads the same, its tars' headers scanned instead. Version 3 added
+# int8 latents (with latents_scale.zarr), and cache.json rewrites during a build leave the
+# per-row tables of committed shards to their commit records (the final cache.json has them).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 MANIFEST = "cache.json"
 LATENTS_DIR = "latents.zarr"
+LATENTS_SCALE_DIR = "latents_scale.zarr"
 FRAMES_DIR = "frames"
 COMMITS_DIR = "commits"
 TMP_DIR = "tmp"
 FAILURES_FILE = "failures.jsonl"
 
-# zarr v3 data type names we store; both little-endian on disk.
-DTYPES: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+# zarr v3 data type names we store; little-endian on disk. int8 latents carry a per-token
+# float16 scale (quantize.py).
+DTYPES: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"),
+                               "int8": np.dtype("i1")}
+QUANTIZED_DTYPES = ("int8",)
+SCALE_DTYPE_NAME = "float16"
 
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"
@@ -98,6 +107,17 @@ class StorePaths:
     def latent_shard(self, shard: int) -> Path:
         return self.root / latent_shard_relpath(shard)
 
+    @property
+    def latents_scale(self) -> Path:
+        return self.root / LATENTS_SCALE_DIR
+
+    @property
+    def scale_zarr_json(self) -> Path:
+        return self.root / LATENTS_SCALE_DIR / "zarr.json"
+
+    def scale_shard(self, shard: int) -> Path:
+        return self.root / scale_shard_relpath(shard)
+
     def frames_shard(self, shard: int) -> Path:
         return self.root / frames_shard_relpath(shard)
 
@@ -108,6 +128,11 @@ class StorePaths:
 def latent_shard_relpath(shard: int) -> str:
     """Shard file of shard ``shard``, relative to the store: zarr's default chunk key."""
     return f"{LATENTS_DIR}/c/{shard}/0/0"
+
+
+def scale_shard_relpath(shard: int) -> str:
+    """Scale shard file of shard ``shard`` (int8 stores): zarr's key for a 2-D array."""
+    return f"{LATENTS_SCALE_DIR}/c/{shard}/0"
 
 
 def frames_shard_relpath(shard: int) -> str:
@@ -134,21 +159,33 @@ def zarr_array_metadata(rows: int, tokens: int, dim: int, dtype: str, shard_size
     per inner chunk, raw little-endian bytes, crc32c-protected shard index at the end.
 
     Missing rows (failed videos) read as the fill value NaN, so a reader that ignores the row
-    table cannot silently train on them.
+    table cannot silently train on them; int8 latents cannot hold NaN (fill 0), their scale
+    array's NaN fill marks those rows instead (``q * NaN = NaN``).
     """
+    fill = 0 if dtype in QUANTIZED_DTYPES else "NaN"
+    return _sharded_metadata([rows, tokens, dim], dtype, shard_size, fill)
+
+
+def zarr_scale_metadata(rows: int, tokens: int, shard_size: int) -> dict:
+    """zarr v3 ``zarr.json`` of ``latents_scale.zarr`` (int8 stores): ``[rows, tokens]``
+    float16, sharded like the latents (same rows per shard file, one row per inner chunk)."""
+    return _sharded_metadata([rows, tokens], SCALE_DTYPE_NAME, shard_size, "NaN")
+
+
+def _sharded_metadata(shape: list[int], dtype: str, shard_size: int, fill: Any) -> dict:
     le = {"name": "bytes", "configuration": {"endian": "little"}}
     return {
-        "shape": [rows, tokens, dim],
+        "shape": list(shape),
         "data_type": dtype,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_size, tokens,
-                                                                             dim]}},
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_size,
+                                                                             *shape[1:]]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": "NaN",
+        "fill_value": fill,
         "codecs": [
             {
                 "name": "sharding_indexed",
                 "configuration": {
-                    "chunk_shape": [1, tokens, dim],
+                    "chunk_shape": [1, *shape[1:]],
                     "codecs": [le],
                     "index_codecs": [le, {"name": "crc32c"}],
                     "index_location": "end",
@@ -181,7 +218,39 @@ def _pretty(obj: Any, depth: int, indent: str = "") -> str:
 
 def dumps(obj: Any) -> bytes:
     """Canonical JSON bytes (sorted keys, fixed layout): equal content, equal bytes."""
+    if isinstance(obj, dict) and obj:
+        return dumps_fields({k: render_field(v) for k, v in obj.items()})
     return (_pretty(obj, 2) + "\n").encode()
+
+
+# The pieces of dumps() for a manifest assembled from parts rendered once (store_writer's
+# ManifestWriter: a build rewrites cache.json every few seconds and must not re-serialise the
+# row table and every shard entry each time). dumps_fields(rendered) == dumps(obj) when
+# rendered[k] == render_field(obj[k]) for every key.
+
+
+def render_field(value: Any) -> str:
+    """A top-level field's value as dumps() lays it out."""
+    return _pretty(value, 1, "  ")
+
+
+def render_entry(entry: dict) -> str:
+    """One entry of a top-level list of objects (a shard entry): one compact line."""
+    return _compact(entry)
+
+
+def render_entry_list(lines: list[str]) -> str:
+    """A top-level list of objects from its entries' :func:`render_entry` lines (what
+    :func:`render_field` gives for the list)."""
+    if not lines:
+        return "[]"
+    return "[\n" + ",\n".join("    " + line for line in lines) + "\n  ]"
+
+
+def dumps_fields(rendered: dict[str, str]) -> bytes:
+    """A manifest's bytes from its top-level fields, each already rendered."""
+    items = [f"  {json.dumps(k, ensure_ascii=False)}: {rendered[k]}" for k in sorted(rendered)]
+    return ("{\n" + ",\n".join(items) + "\n}\n").encode()
 
 
 def identity_of(manifest: dict) -> dict:

@@ -6,8 +6,10 @@ holds since format version 2 (the same offsets, recorded by the writer, so nothi
 scanned):
 
 - :class:`TarFrames`: random access by row, for training (a global shuffle each epoch, and
-  exact resume by position). A row's JPEGs are read with one ``pread`` per frame and decoded
-  with the cache's own ``decode_jpeg``, so the student sees exactly the pixels the teacher saw.
+  exact resume by position). A row's frames are adjacent in its tar, so they are read with
+  one ``pread`` of exactly their span (the headers between them included) and decoded with
+  the cache's own ``decode_jpeg``, so the student sees exactly the pixels the teacher saw. At
+  most ``open_files`` tars are open at once (an LRU, ``reads.OpenFiles``).
 - :func:`iter_tar_files` / :func:`iter_frames_shard`: a whole shard in file order
   (``salt cache verify``, tests).
 - :func:`frames_pipeline`: the same tars through webdataset (its own tar reader), for users
@@ -23,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 
 from salt_vla.cache.format import MANIFEST, SHARD_COMMITTED, frame_key
 from salt_vla.cache.frames import decode_jpeg
+from salt_vla.cache.reads import OpenFiles, ReadStats, pread_exact
 from salt_vla.errors import SaltError
 
 
@@ -209,11 +211,13 @@ class TarFrames:
     once (``threads``). :meth:`from_manifest` opens a store's tars this way.
 
     Safe to use from forked DataLoader workers: file descriptors are opened lazily per
-    process.
+    process, at most ``open_files`` at once (default ``reads.reader_budget()``); ``stats``
+    counts the bytes read vs the JPEG bytes needed.
     """
 
     def __init__(self, shards: Sequence[Path | str],
-                 recorded: Sequence[MemberTable | None] | None = None, threads: int = 8) -> None:
+                 recorded: Sequence[MemberTable | None] | None = None, threads: int = 8,
+                 open_files: int | None = None) -> None:
         self.shards = [Path(s) for s in shards]
         tables = list(recorded) if recorded is not None else [None] * len(self.shards)
         if len(tables) != len(self.shards):
@@ -242,9 +246,10 @@ class TarFrames:
         rows = rows[order]
         self.rows, self._start, counts = np.unique(rows, return_index=True, return_counts=True)
         self._count = counts.astype(np.int32)
-        self._fds: dict[int, int] = {}
-        self._pid = -1
-        self._lock = threading.Lock()  # decode threads share the descriptors
+        self._span = _row_spans(self._shard, self._offset, self._size, self._start,
+                                self._count)
+        self.stats = ReadStats()
+        self._files = OpenFiles(self.shards, open_files, stats=self.stats)
 
     @classmethod
     def from_manifest(cls, root: Path | str, meta: dict[str, Any], threads: int = 8
@@ -290,29 +295,10 @@ class TarFrames:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_fds"], state["_pid"] = {}, -1  # descriptors do not cross processes
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # first use in this process (e.g. a forked worker)
-            # A forked child inherits a lock that may have been held mid-fork: replace it.
-            self._lock = threading.Lock()
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(shard)
-                if fd is None:
-                    fd = os.open(self.shards[shard], os.O_RDONLY)
-                    self._fds[shard] = fd
-        return fd
+    @property
+    def open_files(self) -> int:
+        """Tars this process holds open now."""
+        return self._files.open_count
 
     def jpegs(self, row: int) -> list[bytes]:
         """The JPEG bytes of ``row``'s frames, in frame order."""
@@ -320,26 +306,63 @@ class TarFrames:
         if i >= len(self.rows) or self.rows[i] != row:
             raise FramesIndexError(f"row {row} is not in the frames tars ({len(self)} rows)")
         start, count = int(self._start[i]), int(self._count[i])
-        out = []
+        shard = int(self._shard[start])
+        span = int(self._span[i])
+        offsets = self._offset[start:start + count].tolist()
+        sizes = self._size[start:start + count].tolist()
+        if span > 0:  # the usual case: one read of the row's frames and the headers between
+            buf = bytearray(span)
+            with self._files.fd(shard) as fd:
+                n = pread_exact(fd, memoryview(buf), offsets[0])
+            if n != span:
+                self._short(row, shard)
+            mv = memoryview(buf)
+            out = [bytes(mv[o - offsets[0]:o - offsets[0] + k]) for o, k in zip(offsets, sizes,
+                                                                               strict=True)]
+            self.stats.add(1, sum(sizes), span, 1)
+            return out
+        out = []  # frames not adjacent in one tar (a version-1 tar by another writer)
         for j in range(start, start + count):
             size = int(self._size[j])
-            data = os.pread(self._fd(int(self._shard[j])), size, int(self._offset[j]))
+            with self._files.fd(int(self._shard[j])) as fd:
+                data = os.pread(fd, size, int(self._offset[j]))
             if len(data) != size:
-                raise FramesIndexError(
-                    f"short read of row {row} in {self.shards[int(self._shard[j])]} "
-                    "(truncated tar?): run `salt cache verify`"
-                )
+                self._short(row, int(self._shard[j]))
             out.append(data)
+        self.stats.add(1, sum(sizes), sum(sizes), count)
         return out
+
+    def _short(self, row: int, shard: int) -> None:
+        raise FramesIndexError(f"short read of row {row} in {self.shards[shard]} (truncated "
+                               "tar?): run `salt cache verify`")
 
     def frames(self, row: int) -> np.ndarray:
         """uint8 ``[T, H, W, 3]`` pixels of ``row`` as the teacher saw them."""
         return np.stack([decode_jpeg(j) for j in self.jpegs(row)])
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
+        """Close the tars (the reader stays usable: it reopens what it needs)."""
+        self._files.close()
+
+
+def _row_spans(shard: np.ndarray, offset: np.ndarray, size: np.ndarray, start: np.ndarray,
+               count: np.ndarray) -> np.ndarray:
+    """Per row: the bytes from its first frame's data to its last frame's end when its frames
+    lie in one tar in frame order with only headers and padding between them (as the cache
+    writes them), so one read serves the row; 0 where not (read frame by frame)."""
+    if not len(start):
+        return np.zeros(0, np.int64)
+    last = start + count - 1
+    span = offset[last] + size[last] - offset[start]
+    one_tar = np.maximum.reduceat(shard, start) == np.minimum.reduceat(shard, start)
+    # Frame j+1 must start after frame j ends, within the same row.
+    gap_ok = np.ones(len(offset), bool)
+    gap_ok[1:] = offset[1:] >= offset[:-1] + size[:-1]
+    gap_ok[start] = True  # a row's first frame follows another row's: not a gap of this row
+    ordered = np.minimum.reduceat(gap_ok, start).astype(bool)
+    # Only headers (512 each) and padding (< 512 each) between the frames.
+    tight = span <= np.add.reduceat(size, start) + count.astype(np.int64) * 2 * BLOCK
+    return np.where(one_tar & ordered & tight, span, 0).astype(np.int64)
 
 
 def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -10,6 +10,16 @@ Commit protocol of shard ``i`` (the only way data enters a store):
    digest) is written atomically: from this moment shard ``i`` is committed;
 4. ``cache.json`` (rewritten atomically by rank 0 only) mirrors the commit records.
 
+Step 4 runs every few seconds during a build, so it costs O(new commits), not O(all): a
+:class:`ManifestWriter` keeps the merged manifest in memory, reads only the commit records
+that appeared since its last write (its own commits are handed to it; other ranks' are found
+by listing ``commits/``), and renders the row table and each shard entry to JSON once. While
+the build runs, cache.json's committed shard entries leave out the frames member table
+(``frames.members``, 18 numbers a row, ~85% of a finished manifest): no reader of a store in
+progress needs it (the trainer opens complete stores only; ``salt cache info`` and
+``verify`` read the commit records), and the final write, once every shard is committed,
+merges the full records.
+
 A crash before 3 leaves a shard uncommitted whatever is on disk, and the next build
 rewrites it; a crash after 3 leaves it committed, and the next build skips it. Shard bytes
 depend only on the rows' values, so a resumed store equals an uninterrupted one.
@@ -32,10 +42,14 @@ from salt_vla.cache.format import (
     FAILURES_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
+    DTYPES,
     FRAMES_DIR,
     IDENTITY_KEYS,
     LATENTS_DIR,
+    LATENTS_SCALE_DIR,
     MANIFEST,
+    QUANTIZED_DTYPES,
+    SCALE_DTYPE_NAME,
     SHARD_COMMITTED,
     SHARD_PENDING,
     STATUS_BUILDING,
@@ -45,17 +59,24 @@ from salt_vla.cache.format import (
     StorePaths,
     describe_os_error,
     dumps,
+    dumps_fields,
     frame_key,
     frames_shard_relpath,
     identity_digest,
     latent_shard_relpath,
     num_shards,
     read_json,
+    render_entry,
+    render_entry_list,
+    render_field,
+    scale_shard_relpath,
     shard_rows,
     write_json_atomic,
     zarr_array_metadata,
+    zarr_scale_metadata,
 )
 from salt_vla.cache.frames import FramesTarWriter
+from salt_vla.cache.quantize import quantize_int8
 from salt_vla.cache.shard import ShardFileWriter
 from salt_vla.errors import SaltError
 from salt_vla.files import fsync_dir, write_bytes_atomic
@@ -95,6 +116,29 @@ def new_manifest(
     """The manifest of a store about to be built: every shard pending."""
     rows = len(video_ids)
     n = num_shards(rows, shard_size)
+    latents: dict[str, Any] = {
+        "path": "latents.zarr",
+        "dtype": dtype,
+        "shape": [rows, tokens, dim],
+        "tokens": tokens,
+        "dim": dim,
+        "grid": list(grid),
+        "shard_size": shard_size,
+        "num_shards": n,
+        "fill_value": "NaN",
+        "shard_path": "latents.zarr/c/{shard}/0/0",
+    }
+    if dtype in QUANTIZED_DTYPES:
+        latents["fill_value"] = 0
+        latents["scale"] = {
+            "path": LATENTS_SCALE_DIR,
+            "dtype": SCALE_DTYPE_NAME,
+            "shape": [rows, tokens],
+            "shard_path": LATENTS_SCALE_DIR + "/c/{shard}/0",
+            "fill_value": "NaN",
+            "rule": "value = latents[r, t, :] * scale[r, t]; scale[r, t] = max|x[t, :]| / 127 "
+                    "(float16), latents = round(x / scale) clipped to [-127, 127]",
+        }
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -102,18 +146,7 @@ def new_manifest(
         "teacher": teacher,
         "view": view,
         "frames": frames,
-        "latents": {
-            "path": "latents.zarr",
-            "dtype": dtype,
-            "shape": [rows, tokens, dim],
-            "tokens": tokens,
-            "dim": dim,
-            "grid": list(grid),
-            "shard_size": shard_size,
-            "num_shards": n,
-            "fill_value": "NaN",
-            "shard_path": "latents.zarr/c/{shard}/0/0",
-        },
+        "latents": latents,
         "rows": {
             "count": rows,
             "video_id": list(video_ids),
@@ -140,18 +173,27 @@ def _pending(i: int, rows: int, shard_size: int) -> dict[str, Any]:
 def _counts(manifest: dict[str, Any]) -> dict[str, int]:
     shards = manifest["shards"]
     done = [s for s in shards if s["status"] == SHARD_COMMITTED]
-    failed = sum(len(s["failures"]) for s in done)
-    written = sum(s["row_stop"] - s["row_start"] for s in done) - failed
-    return {
-        "rows": manifest["rows"]["count"],
-        "shards": len(shards),
-        "committed_shards": len(done),
-        "written_rows": written,
-        "failed_rows": failed,
-        "missing_videos": len(manifest["rows"]["missing_video_ids"]),
-        "latent_bytes": sum(s["latents"]["bytes"] for s in done),
-        "frames_bytes": sum(s["frames"]["bytes"] for s in done),
-    }
+    counts = _empty_counts(manifest, len(shards))
+    for s in done:
+        _count_shard(counts, s)
+    return counts
+
+
+def _empty_counts(manifest: dict[str, Any], shards: int) -> dict[str, int]:
+    return {"rows": manifest["rows"]["count"], "shards": shards, "committed_shards": 0,
+            "written_rows": 0, "failed_rows": 0,
+            "missing_videos": len(manifest["rows"]["missing_video_ids"]), "latent_bytes": 0,
+            "frames_bytes": 0}
+
+
+def _count_shard(counts: dict[str, int], s: dict[str, Any]) -> None:
+    """Add committed shard entry ``s`` to ``counts`` (latent bytes include int8 scales)."""
+    failed = len(s["failures"])
+    counts["committed_shards"] += 1
+    counts["failed_rows"] += failed
+    counts["written_rows"] += s["row_stop"] - s["row_start"] - failed
+    counts["latent_bytes"] += s["latents"]["bytes"] + s.get("scale", {}).get("bytes", 0)
+    counts["frames_bytes"] += s["frames"]["bytes"]
 
 
 def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -205,7 +247,8 @@ class StoreLock:
             self._fd = None
 
 
-_OURS = {MANIFEST, LATENTS_DIR, FRAMES_DIR, COMMITS_DIR, TMP_DIR, FAILURES_FILE}
+_OURS = {MANIFEST, LATENTS_DIR, LATENTS_SCALE_DIR, FRAMES_DIR, COMMITS_DIR, TMP_DIR,
+         FAILURES_FILE}
 
 
 def prepare_store(root: Path, manifest: dict[str, Any], check_only: bool = False
@@ -241,18 +284,26 @@ def prepare_store(root: Path, manifest: dict[str, Any], check_only: bool = False
     _writable("creating", root, root.mkdir, 0o777, True, True)
     if not paths.manifest.exists():
         _writable("writing", paths.manifest, write_json_atomic, paths.manifest, manifest)
-    for d in (paths.latents, paths.frames, paths.commits, paths.tmp):
+    lat = manifest["latents"]
+    quantized = lat["dtype"] in QUANTIZED_DTYPES
+    arrays = [paths.latents] + ([paths.latents_scale] if quantized else [])
+    for d in (*arrays, paths.frames, paths.commits, paths.tmp):
         _writable("creating", d, d.mkdir, 0o777, True, True)
     # Leftovers of a killed build: shard temp files, and temp files of atomic JSON writes.
     stale = [*paths.tmp.iterdir()]
-    for d in (root, paths.commits, paths.latents):
+    for d in (root, paths.commits, *arrays):
         stale += d.glob(".*.tmp-*")
     for p in stale:
         _writable("removing", p, p.unlink)
-    meta = zarr_array_metadata(*manifest["latents"]["shape"], manifest["latents"]["dtype"],
-                               manifest["latents"]["shard_size"])
-    if not paths.zarr_json.exists() or paths.zarr_json.read_bytes() != dumps(meta):
-        _writable("writing", paths.zarr_json, write_bytes_atomic, paths.zarr_json, dumps(meta))
+    metas = [(paths.zarr_json, zarr_array_metadata(*lat["shape"], lat["dtype"],
+                                                   lat["shard_size"]))]
+    if quantized:
+        metas.append((paths.scale_zarr_json, zarr_scale_metadata(lat["shape"][0],
+                                                                 lat["tokens"],
+                                                                 lat["shard_size"])))
+    for path, meta in metas:
+        if not path.exists() or path.read_bytes() != dumps(meta):
+            _writable("writing", path, write_bytes_atomic, path, dumps(meta))
     return manifest
 
 
@@ -269,7 +320,9 @@ def read_commit(root: Path, shard: int, manifest: dict[str, Any]) -> dict[str, A
         return None
     if rec.get("identity_sha256") != manifest["identity_sha256"] or rec.get("index") != shard:
         return None
-    for part in ("latents", "frames"):
+    for part in ("latents", "scale", "frames"):
+        if part not in rec:
+            continue
         f = root / rec[part]["path"]
         if not f.exists() or f.stat().st_size != rec[part]["bytes"]:
             return None
@@ -302,13 +355,19 @@ class ShardTransaction:
         self.paths = StorePaths(self.root)
         lat = self.manifest["latents"]
         self.rows = shard_rows(self.index, lat["shape"][0], lat["shard_size"])
-        self.dtype = np.dtype(lat["dtype"]).newbyteorder("<")
+        self.dtype = DTYPES[lat["dtype"]]
+        self.quantized = lat["dtype"] in QUANTIZED_DTYPES
         self._tmp_lat = self.paths.tmp / f"shard-{self.index:06d}.latents"
         self._tmp_tar = self.paths.tmp / f"shard-{self.index:06d}.tar"
+        self._tmp_scale = self.paths.tmp / f"shard-{self.index:06d}.scale"
         row_nbytes = lat["tokens"] * lat["dim"] * self.dtype.itemsize
         self._f_lat = _writable("creating", self._tmp_lat, open, self._tmp_lat, "wb")
         self._f_tar = _writable("creating", self._tmp_tar, open, self._tmp_tar, "wb")
         self._lat = ShardFileWriter(self._f_lat, lat["shard_size"], row_nbytes)
+        self._f_scale = self._scale = None
+        if self.quantized:  # int8: the per-token float16 scales, a second sharded array
+            self._f_scale = _writable("creating", self._tmp_scale, open, self._tmp_scale, "wb")
+            self._scale = ShardFileWriter(self._f_scale, lat["shard_size"], lat["tokens"] * 2)
         self._tar = FramesTarWriter(self._f_tar)
         self._members: dict[int, list[int]] = {}  # row -> its frames member-table entry
         self._next = self.rows.start
@@ -327,7 +386,15 @@ class ShardTransaction:
     def add_row(self, row: int, latents: np.ndarray, jpegs: list[bytes]) -> None:
         """Append a row's latents ``[tokens, dim]`` and its JPEG frames."""
         self._advance(row)
-        data = np.ascontiguousarray(latents, dtype=self.dtype)
+        if self.quantized:
+            data, scale = quantize_int8(latents)
+            assert self._scale is not None
+            try:
+                self._scale.write_row(row - self.rows.start, scale)
+            except OSError as e:
+                raise CacheBuildError(_describe(e, self._tmp_scale)) from e
+        else:
+            data = np.ascontiguousarray(latents, dtype=self.dtype)
         try:
             self._lat.write_row(row - self.rows.start, data)
         except OSError as e:
@@ -359,21 +426,35 @@ class ShardTransaction:
             os.fsync(self._f_tar.fileno())
         except OSError as e:
             raise CacheBuildError(_describe(e, self._tmp_tar)) from e
+        scale_size, scale_sha = 0, ""
+        if self._scale is not None and self._f_scale is not None:
+            try:
+                scale_size, scale_sha = self._scale.close()
+                self._f_scale.flush()
+                os.fsync(self._f_scale.fileno())
+            except OSError as e:
+                raise CacheBuildError(_describe(e, self._tmp_scale)) from e
+            self._f_scale.close()
         self._f_lat.close()
         self._f_tar.close()
         _crash_point("after-tmp", i)
         lat_final = self.paths.latent_shard(i)
         tar_final = self.paths.frames_shard(i)
+        scale_final = self.paths.scale_shard(i)
         try:
             lat_final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp_lat, lat_final)
+            if self._scale is not None:
+                scale_final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp_scale, scale_final)
+                fsync_dir(scale_final.parent)
             os.replace(self._tmp_tar, tar_final)
             fsync_dir(lat_final.parent)
             fsync_dir(tar_final.parent)
         except OSError as e:
             raise CacheBuildError(_describe(e, lat_final.parent)) from e
         _crash_point("after-rename", i)
-        crc = [None if c is None else f"{c:08x}" for c in self._lat.row_crc[:len(self.rows)]]
+        crc = _hex_crcs(self._lat.row_crc[:len(self.rows)])
         record = {
             "index": i,
             "identity_sha256": self.manifest["identity_sha256"],
@@ -387,6 +468,10 @@ class ShardTransaction:
             "row_crc32c": crc,
             "failures": self.failures,
         }
+        if self._scale is not None:
+            record["scale"] = {"path": scale_shard_relpath(i), "bytes": scale_size,
+                               "sha256": scale_sha}
+            record["scale_crc32c"] = _hex_crcs(self._scale.row_crc[:len(self.rows)])
         rec_path = self.paths.commit_record(i)
         _writable("writing", rec_path, write_json_atomic, rec_path, record)
         _crash_point("after-record", i)
@@ -394,17 +479,32 @@ class ShardTransaction:
 
     def abort(self) -> None:
         """Drop the shard's temporary files (the shard stays uncommitted)."""
-        for f in (self._f_lat, self._f_tar):
+        for f in (self._f_lat, self._f_tar, self._f_scale):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass
-        for p in (self._tmp_lat, self._tmp_tar):
+        for p in (self._tmp_lat, self._tmp_tar, self._tmp_scale):
             p.unlink(missing_ok=True)
+
+
+def _hex_crcs(crcs: list[int | None]) -> list[str | None]:
+    return [None if c is None else f"{c:08x}" for c in crcs]
 
 
 def _describe(e: OSError, path: Path) -> str:
     return describe_os_error(e, path, "writing")
+
+
+def _shard_entry(rec: dict[str, Any], interim: bool = False) -> dict[str, Any]:
+    """The cache.json entry of a committed shard from its commit record; ``interim`` (a build
+    in progress) leaves out the frames member table (see the module docstring)."""
+    entry = {k: v for k, v in rec.items() if k != "identity_sha256"}
+    if interim and "members" in entry.get("frames", {}):
+        entry["frames"] = {k: v for k, v in entry["frames"].items() if k != "members"}
+    entry["status"] = SHARD_COMMITTED
+    return entry
 
 
 def merged_manifest(root: Path, manifest: dict[str, Any],
@@ -417,17 +517,111 @@ def merged_manifest(root: Path, manifest: dict[str, Any],
     shards = []
     for i in range(manifest["latents"]["num_shards"]):
         rec = records.get(i)
-        if rec is None:
-            shards.append(_pending(i, rows, size))
-        else:
-            entry = {k: v for k, v in rec.items() if k != "identity_sha256"}
-            entry["status"] = SHARD_COMMITTED
-            shards.append(entry)
+        shards.append(_pending(i, rows, size) if rec is None else _shard_entry(rec))
     out["shards"] = shards
     out["counts"] = _counts(out)
     all_done = out["counts"]["committed_shards"] == len(shards)
     out["status"] = STATUS_COMPLETE if all_done else STATUS_BUILDING
     return out
+
+
+class ManifestWriter:
+    """cache.json of a store being built, merged in memory (rank 0; the module docstring
+    says why and what an interim cache.json leaves out).
+
+    ``add(shard, record)`` folds in a commit this process made; :meth:`write` first picks up
+    the commit records other ranks wrote since the last write (one directory listing, then
+    only the new records), then writes cache.json: while shards are pending, assembled from
+    the row table and shard entries rendered once; when every shard is committed, the full
+    merge of all commit records (once), after failures.jsonl.
+    """
+
+    _MERGED = ("shards", "counts", "status")
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.paths = StorePaths(self.root)
+        self.manifest = manifest
+        self.num_shards = int(manifest["latents"]["num_shards"])
+        # Every field but the merged ones never changes during a build: render it once.
+        self._static = {k: render_field(v) for k, v in manifest.items() if k not in self._MERGED}
+        self.records_read = 0  # commit records read from disk (the benchmark reports it)
+        self._reset()
+
+    def _reset(self) -> None:
+        rows, size = self.manifest["rows"]["count"], self.manifest["latents"]["shard_size"]
+        self._lines = [render_entry(_pending(i, rows, size)) for i in range(self.num_shards)]
+        self._committed: set[int] = set()
+        self._seen: set[str] = set()  # names in commits/ already folded in
+        self._counts = _empty_counts(self.manifest, self.num_shards)
+        self.refresh()
+
+    @property
+    def complete(self) -> bool:
+        return len(self._committed) == self.num_shards
+
+    def add(self, shard: int, record: dict[str, Any]) -> None:
+        """Fold in the commit record of ``shard`` (a no-op when it is already in)."""
+        if shard in self._committed:
+            return
+        entry = _shard_entry(record, interim=True)
+        self._lines[shard] = render_entry(entry)
+        self._committed.add(shard)
+        _count_shard(self._counts, entry)
+
+    def refresh(self) -> int:
+        """Fold in the commit records written since the last call (other ranks', or, the
+        first time, a previous run's); returns how many were new. Costs one listing of
+        ``commits/`` and one read per new record."""
+        try:
+            names = os.listdir(self.paths.commits)
+        except FileNotFoundError:
+            return 0
+        new = 0
+        for name in names:
+            if name in self._seen or not (name.startswith("shard-") and name.endswith(".json")):
+                continue
+            digits = name[len("shard-"):-len(".json")]
+            if not digits.isdigit() or not 0 <= int(digits) < self.num_shards:
+                continue
+            shard = int(digits)
+            if shard not in self._committed:
+                rec = read_commit(self.root, shard, self.manifest)
+                self.records_read += 1
+                if rec is None:
+                    continue  # another build's record, or files still landing: look again
+                self.add(shard, rec)
+                new += 1
+            self._seen.add(name)
+        return new
+
+    def interim_bytes(self) -> bytes:
+        """cache.json of the build so far (status building; no member tables)."""
+        rendered = dict(self._static)
+        rendered["shards"] = render_entry_list(self._lines)
+        rendered["counts"] = render_field(self._counts)
+        rendered["status"] = render_field(STATUS_BUILDING)
+        return dumps_fields(rendered)
+
+    def write(self) -> dict[str, Any]:
+        """Write cache.json (and, when complete, failures.jsonl first); returns the
+        manifest's merged fields (``status``, ``counts``, and the full manifest when
+        complete)."""
+        self.refresh()
+        if self.complete:
+            merged = merged_manifest(self.root, self.manifest)
+            if merged["status"] == STATUS_COMPLETE:
+                _writable("writing", self.paths.failures, write_bytes_atomic,
+                          self.paths.failures, failure_lines(merged))
+                _writable("writing", self.paths.manifest, write_json_atomic,
+                          self.paths.manifest, merged)
+                return merged
+            self._reset()  # a record vanished since it was read (deleted by hand)
+        _writable("writing", self.paths.manifest, write_bytes_atomic, self.paths.manifest,
+                  self.interim_bytes())
+        return {"status": STATUS_BUILDING, "counts": dict(self._counts),
+                "shards": [{"index": i, "status": SHARD_COMMITTED if i in self._committed
+                            else SHARD_PENDING} for i in range(self.num_shards)]}
 
 
 def failure_lines(manifest: dict[str, Any]) -> bytes:
@@ -441,12 +635,7 @@ def failure_lines(manifest: dict[str, Any]) -> bytes:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Step 4: rewrite cache.json from the commit records; when every shard is committed,
-    also write failures.jsonl (before cache.json says "complete"). Rank 0 only."""
-    paths = StorePaths(root)
-    merged = merged_manifest(root, manifest)
-    if merged["status"] == STATUS_COMPLETE:
-        _writable("writing", paths.failures, write_bytes_atomic, paths.failures,
-                  failure_lines(merged))
-    _writable("writing", paths.manifest, write_json_atomic, paths.manifest, merged)
-    return merged
+    """Step 4 once, from the commit records on disk (a build keeps a
+    :class:`ManifestWriter` instead); when every shard is committed, also writes
+    failures.jsonl (before cache.json says "complete"). Rank 0 only."""
+    return ManifestWriter(root, manifest).write()
