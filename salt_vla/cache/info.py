@@ -50,7 +50,8 @@ def store_info(root: Path | str) -> dict[str, Any]:
         "frames_bytes": counts["frames_bytes"],
         "bytes_per_row": (counts["latent_bytes"] + counts["frames_bytes"]) / written
         if written else 0.0,
-        "latents": f"[{', '.join(map(str, lat['shape']))}] {lat['dtype']}, grid "
+        "latents": f"[{', '.join(map(str, lat['shape']))}] {lat['dtype']}"
+                   + (" with per-token float16 scales" if "scale" in lat else "") + ", grid "
                    f"{'x'.join(map(str, lat['grid']))}, {lat['shard_size']} rows/shard",
         "teacher": f"{t.get('arch')} layer {t.get('layer')} "
                    f"{'target-norm' if t.get('target_norm') else 'raw'} dim {t.get('dim')}, "

@@ -45,7 +45,7 @@ from salt_vla.cache.format import (
 )
 from salt_vla.cache.quantize import SCALE_DTYPE, dequantize_into
 from salt_vla.cache.reads import OpenFiles, ReadStats, pread_exact
-from salt_vla.cache.shard import EMPTY, ShardIndexError, index_nbytes, parse_index
+from salt_vla.cache.shard import EMPTY, ShardIndexError, index_nbytes, read_index_fd
 from salt_vla.errors import SaltError
 
 READ_THREADS = 4  # reads of one batch in flight at once (cold reads need a queue)
@@ -80,24 +80,16 @@ class _ShardFiles:
     def _read_index(self, shard: int) -> np.ndarray:
         path = self.files.paths[shard]
         start = shard * self.shard_size
-        need = index_nbytes(self.shard_size)
         try:
             with self.files.fd(shard) as fd:
-                size = os.fstat(fd).st_size
-                if size < need:
-                    raise CacheFormatError(f"{path} is truncated ({size} bytes); run "
-                                           f"`salt cache verify {self.root}`")
-                tail = os.pread(fd, need, size - need)
+                offsets, nbytes, _ = read_index_fd(fd, self.shard_size, str(path))
         except FileNotFoundError:
             raise MissingRowError(f"shard file {path} (rows {start}..) is missing; run "
                                   f"`salt cache verify {self.root}`") from None
-        self.stats.add(0, 0, len(tail), 1)
-        try:
-            offsets, nbytes = parse_index(tail, self.shard_size, str(path))
         except ShardIndexError as e:
             raise CacheFormatError(f"{e}; run `salt cache verify {self.root}`") from None
-        present = offsets != EMPTY
-        bad = present & ((nbytes != self.row_nbytes) | (offsets + nbytes > size - need))
+        self.stats.add(0, 0, index_nbytes(self.shard_size), 1)
+        bad = (offsets != EMPTY) & (nbytes != self.row_nbytes)
         if bad.any():
             row = start + int(np.flatnonzero(bad)[0])
             raise CacheFormatError(

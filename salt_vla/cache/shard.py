@@ -12,6 +12,7 @@ function of the rows' values.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -65,19 +66,27 @@ def parse_index(tail: bytes | memoryview | np.ndarray, chunks: int,
 
 def read_index(path: Path, chunks: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse the index of the shard file at ``path``; returns ``(offsets, nbytes, file_size)``
-    and checks that every chunk lies inside the data part of the file."""
+    and checks that every chunk lies inside the data part of the file. Reads only the index
+    (one ``pread`` of its ``index_nbytes(chunks)`` bytes at the end)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_index_fd(fd, chunks, str(path))
+    finally:
+        os.close(fd)
+
+
+def read_index_fd(fd: int, chunks: int, where: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`read_index` on an open descriptor (the readers' LRU holds one); ``where``
+    names the file in errors."""
     need = index_nbytes(chunks)
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        if size < need:
-            raise ShardIndexError(f"{path}: {size} bytes, shorter than its {need}-byte index "
-                                  f"(truncated)")
-        f.seek(size - need)
-        offsets, nbytes = parse_index(f.read(need), chunks, str(path))
+    size = os.fstat(fd).st_size
+    if size < need:
+        raise ShardIndexError(f"{where}: {size} bytes, shorter than its {need}-byte index "
+                              f"(truncated)")
+    offsets, nbytes = parse_index(os.pread(fd, need, size - need), chunks, where)
     present = offsets != EMPTY
     if np.any(offsets[present] + nbytes[present] > size - need):
-        raise ShardIndexError(f"{path}: index points past the end of the data (truncated)")
+        raise ShardIndexError(f"{where}: index points past the end of the data (truncated)")
     return offsets, nbytes, size
 
 

@@ -39,10 +39,10 @@ import numpy as np
 
 from salt_vla.cache.format import (
     COMMITS_DIR,
+    DTYPES,
     FAILURES_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
-    DTYPES,
     FRAMES_DIR,
     IDENTITY_KEYS,
     LATENTS_DIR,

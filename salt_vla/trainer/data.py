@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 _DOMAIN = 0x5A17_DA7A  # keeps the data-order stream apart from mask/view streams
 FEEDER_DEPTH = 2  # batches the feeder thread keeps ready beyond the loader's prefetch
+READ_AHEAD = 1  # batches whose targets are being read while the feeder waits for frames
 
 
 class FrameSource(Protocol):
@@ -188,7 +190,7 @@ def plan_loader(
     """
     if num_workers == 0 or shm_free is None:
         return num_workers, decode_threads, None
-    need = (num_workers * prefetch_factor + FEEDER_DEPTH + 2) * batch_bytes
+    need = (num_workers * prefetch_factor + FEEDER_DEPTH + READ_AHEAD + 2) * batch_bytes
     if need * 5 // 4 <= shm_free:
         return num_workers, decode_threads, None
     return 0, max(num_workers, decode_threads), (
@@ -277,27 +279,41 @@ class BatchFeeder:
     def _run(self) -> None:
         try:
             self._iter = iter(self.loader)
+            # A store with get_async (LatentStore) reads a batch's targets while the next
+            # batch's frames are awaited: READ_AHEAD batches of targets in flight at most.
+            pending: deque[tuple[dict[str, Any], Any]] = deque()
             for raw in self._iter:
-                rows = raw["row"]
-                targets = None
-                if self.targets is not None:
-                    arr = self.targets.get(rows.tolist())
-                    targets = torch.from_numpy(np.ascontiguousarray(arr))
-                    if self.pin:
-                        targets = targets.pin_memory()
-                epoch = raw["epoch"]
-                batch = Batch(
-                    frames=raw["frames"],
-                    targets=targets,
-                    masks=raw["masks"],
-                    rows=rows,
-                    epoch=int(epoch[0]) if isinstance(epoch, torch.Tensor) else int(epoch),
-                )
-                if not self._put(batch):
+                pending.append((raw, self._read(raw["row"])))
+                if len(pending) > READ_AHEAD and not self._emit(*pending.popleft()):
+                    return
+            while pending:
+                if not self._emit(*pending.popleft()):
                     return
             self._put(self._END)
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(e)
+
+    def _read(self, rows: torch.Tensor) -> Any:
+        if self.targets is None:
+            return None
+        start = getattr(self.targets, "get_async", None)
+        return start(rows.tolist()) if start is not None else self.targets.get(rows.tolist())
+
+    def _emit(self, raw: dict[str, Any], read: Any) -> bool:
+        targets = None
+        if read is not None:
+            arr = read.result() if hasattr(read, "result") else read
+            targets = torch.from_numpy(np.ascontiguousarray(arr))
+            if self.pin:
+                targets = targets.pin_memory()
+        epoch = raw["epoch"]
+        return self._put(Batch(
+            frames=raw["frames"],
+            targets=targets,
+            masks=raw["masks"],
+            rows=raw["row"],
+            epoch=int(epoch[0]) if isinstance(epoch, torch.Tensor) else int(epoch),
+        ))
 
     def __iter__(self) -> BatchFeeder:
         return self
