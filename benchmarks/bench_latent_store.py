@@ -1,17 +1,41 @@
-"""Random batch reads of cached latents: LatentStore vs zarr-python vs a raw np.memmap.
+"""Random batch reads of cached latents, warm and cold: LatentStore vs the alternatives.
 
 Writes a store of ``--rows`` rows of ViT-B 16x224 latents (1568 tokens x 768, float16,
-2.41 MB a row) through the build's own shard writer into a temporary directory, reads every
-byte once (warm page cache), then times ``--batches`` random batches of ``--batch`` rows
-(sorted within a batch, as a sampler would not bother to, costs nothing) with:
+2.41 MB a row) through the build's own shard writer (or reuses ``--keep DIR``), then times
+random batches of ``--batch`` rows, the methods taking turns so that load from other
+processes on a shared machine hits them alike.
 
-* ``LatentStore.get`` (memory map + parsed shard index, the trainer's path);
-* ``zarr.open(...).oindex[rows]`` (zarr-python 3's sharding codec);
-* a raw ``np.memmap`` per shard file shaped ``[shard_size, tokens, dim]`` indexed directly
-  (the upper bound: same bytes, no index lookup, no checks).
+Warm (default; every byte read once first, so the page cache holds the store):
+
+* ``LatentStore.get`` (the trainer's path: exact-size ``preadv`` per row, 4 threads);
+* ``zarr z[r] per row`` (zarr-python 3's sharding codec);
+* ``exact pread, 1 thread`` (``os.pread`` of each row at its index offset);
+* ``raw np.memmap`` per shard file shaped ``[shard_size, tokens, dim]`` (the upper bound:
+  same bytes, no index lookup, no checks; the previous LatentStore was this plus the index).
+
+Cold (``--cold``): before each method's turn every shard file is evicted from the page cache
+(``posix_fadvise(DONTNEED)`` per file: no root needed; where ``/proc/sys/vm/drop_caches``
+is writable it is used too), then the method reads the round's batches; each method reads the
+same batches. Per method: GB/s of row bytes delivered, and the read amplification: bytes the
+device delivered to this process (``read_bytes`` of ``/proc/self/io``, kernel readahead
+included) over the row bytes needed. Methods:
+
+* ``LatentStore.get`` (exact reads, ``POSIX_FADV_RANDOM``, 4 threads per batch);
+* ``LatentStore.get_async, 2 ahead`` (the trainer's feeder: the next batch submitted while
+  one is handed over);
+* ``LatentStore, 1 thread``;
+* ``exact pread, 1 thread`` (the issue's baseline: default kernel readahead);
+* ``memmap + copy`` (the previous reader: page faults with the device's read-around);
+* ``sequential read`` (whole shard files, 8 MB reads: the device's streaming rate, for
+  scale; its "needed" bytes are the bytes it read).
+
+Targets (issue 15): cold LatentStore >= 0.9x exact pread at <= 1.3x amplification; warm
+LatentStore >= 0.95x raw memmap.
 
     python benchmarks/bench_latent_store.py [--rows 1024] [--shard-size 256] [--batch 32]
         [--batches 200] [--keep DIR]
+    python benchmarks/bench_latent_store.py --cold --rows 2560 --keep /work/bench-i15/lat \\
+        [--batches 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -28,6 +52,7 @@ import numpy as np
 
 from salt_vla.cache.format import StorePaths
 from salt_vla.cache.latent_store import LatentStore
+from salt_vla.cache.shard import read_index
 from salt_vla.cache.store_writer import (
     ShardTransaction,
     new_manifest,
@@ -56,10 +81,79 @@ def make_store(root: Path, rows: int, tokens: int, dim: int, shard_size: int) ->
     write_manifest(root, manifest)
 
 
+def device_read_bytes() -> int:
+    """Bytes the storage layer delivered to this process so far (all threads)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def evict(paths: list[Path]) -> str:
+    """Drop ``paths`` from the page cache; returns how."""
+    how = "posix_fadvise(DONTNEED) per file"
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        how = "drop_caches + " + how
+    except OSError:
+        pass
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return how
+
+
+class Baselines:
+    """The non-LatentStore readers of a store of ``shards`` shard files."""
+
+    def __init__(self, root: Path, store: LatentStore) -> None:
+        self.store = store
+        self.paths = [StorePaths(root).latent_shard(s)
+                      for s in range(store.meta["latents"]["num_shards"])]
+        self.offsets = [read_index(p, store.shard_size)[0] for p in self.paths]
+        self.fds: dict[int, int] = {}
+        self.maps: dict[int, np.ndarray] = {}
+
+    def _fd(self, s: int) -> int:
+        if s not in self.fds:
+            self.fds[s] = os.open(self.paths[s], os.O_RDONLY)
+        return self.fds[s]
+
+    def pread(self, rows: np.ndarray) -> np.ndarray:
+        st = self.store
+        out = np.empty((len(rows), st.tokens, st.dim), st.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for i, r in enumerate(rows.tolist()):
+            s, k = divmod(r, st.shard_size)
+            flat[i] = np.frombuffer(os.pread(self._fd(s), st.row_nbytes,
+                                             int(self.offsets[s][k])), np.uint8)
+        return out
+
+    def memmap(self, rows: np.ndarray) -> np.ndarray:
+        st = self.store
+        out = np.empty((len(rows), st.tokens, st.dim), st.dtype)
+        for i, r in enumerate(rows.tolist()):
+            s, k = divmod(r, st.shard_size)
+            if s not in self.maps:
+                self.maps[s] = np.memmap(self.paths[s], dtype=st.dtype, mode="r",
+                                         shape=(st.shard_size, st.tokens, st.dim))
+            out[i] = self.maps[s][k]
+        return out
+
+    def reset(self) -> None:
+        """Close descriptors and unmap (mapped pages cannot be evicted)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds, self.maps = {}, {}
+
+
 def time_interleaved(methods: dict[str, Callable[[np.ndarray], np.ndarray]],
                      batches: list[np.ndarray], clip_bytes: int) -> dict[str, float]:
-    """clips/s of each method; methods take turns batch by batch, so load from other
-    processes on a shared machine hits them alike."""
+    """clips/s of each method; methods take turns batch by batch."""
     spent = dict.fromkeys(methods, 0.0)
     for b in batches:
         for name, read in methods.items():
@@ -70,9 +164,149 @@ def time_interleaved(methods: dict[str, Callable[[np.ndarray], np.ndarray]],
     rates = {}
     for name, dt in spent.items():
         rates[name] = n / dt
-        print(f"  {name:<24} {n / dt:9.0f} clips/s  {n / dt * clip_bytes / 1e9:6.2f} GB/s  "
+        print(f"  {name:<28} {n / dt:9.0f} clips/s  {n / dt * clip_bytes / 1e9:6.2f} GB/s  "
               f"{1e3 * dt / len(batches):8.2f} ms/batch")
     return rates
+
+
+def warm(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
+    import zarr
+
+    store = LatentStore(root)
+    base = Baselines(root, store)
+    for p in base.paths:  # warm the page cache
+        p.read_bytes()
+    rng = np.random.default_rng(1)
+    batches = [rng.choice(store.num_rows, args.batch, replace=False)
+               for _ in range(args.batches)]
+    z = zarr.open(str(root / "latents.zarr"), mode="r")
+
+    def read_zarr(rows: np.ndarray) -> np.ndarray:
+        # One z[r] per row: zarr 3.1's oindex[rows] on a sharded array is ~20x slower.
+        return np.stack([z[int(r)] for r in rows])
+
+    methods = {"LatentStore.get": store.get, "zarr z[r] per row": read_zarr,
+               "exact pread, 1 thread": base.pread, "raw np.memmap": base.memmap}
+    for b in batches[:3]:
+        got = store.get(b)
+        assert all(np.array_equal(got, m(b)) for m in methods.values())
+    for chunk in np.array_split(np.arange(store.num_rows), max(1, store.num_rows // 64)):
+        store.get(chunk)  # touch every page of the maps once: faults out of the timing
+        base.memmap(chunk)
+    print(f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+          f"{len(batches)} random batches of {args.batch} rows from {store.num_rows} rows x "
+          f"{clip_bytes / 1e6:.2f} MB (warm page cache), zarr {zarr.__version__}, numpy "
+          f"{np.__version__}")
+    rates = time_interleaved(methods, batches, clip_bytes)
+    r_store, r_raw = rates["LatentStore.get"], rates["raw np.memmap"]
+    print(f"LatentStore / raw memmap = {r_store / r_raw:.2f}   "
+          f"LatentStore / zarr = {r_store / rates['zarr z[r] per row']:.1f}x   "
+          f"LatentStore / exact pread = {r_store / rates['exact pread, 1 thread']:.2f}")
+
+
+def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
+    store = LatentStore(root)
+    single = LatentStore(root, threads=1)
+    base = Baselines(root, store)
+    rng = np.random.default_rng(2)
+
+    def read_ahead(batches: list[np.ndarray]) -> None:
+        pending = [store.get_async(b) for b in batches[:2]]
+        for i in range(len(batches)):
+            pending.pop(0).result()
+            if i + 2 < len(batches):
+                pending.append(store.get_async(batches[i + 2]))
+
+    def sequential(nbytes: int) -> int:
+        done, buf = 0, bytearray(8 << 20)
+        for p in base.paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                while done < nbytes and (n := os.readv(fd, [buf])) > 0:
+                    done += n
+            finally:
+                os.close(fd)
+            if done >= nbytes:
+                break
+        return done
+
+    names = ["LatentStore.get", "LatentStore.get_async, 2 ahead", "LatentStore, 1 thread",
+             "exact pread, 1 thread", "memmap + copy", "sequential read"]
+    spent = dict.fromkeys(names, 0.0)
+    delivered = dict.fromkeys(names, 0)
+    needed = dict.fromkeys(names, 0)
+    how = ""
+    for rnd in range(args.rounds):
+        batches = [rng.choice(store.num_rows, args.batch, replace=False)
+                   for _ in range(args.batches)]
+        need = sum(len(b) for b in batches) * clip_bytes
+        order = names[rnd % len(names):] + names[:rnd % len(names)]  # rotate who goes first
+        for name in order:
+            for reader in (store, single):
+                reader.close()  # no descriptor or cached index from the previous turn
+                reader._latents.offsets.clear()
+            base.reset()
+            how = evict(base.paths)
+            io0, t0 = device_read_bytes(), time.perf_counter()
+            if name == "LatentStore.get":
+                for b in batches:
+                    store.get(b)
+            elif name.startswith("LatentStore.get_async"):
+                read_ahead(batches)
+            elif name == "LatentStore, 1 thread":
+                for b in batches:
+                    single.get(b)
+            elif name == "exact pread, 1 thread":
+                for b in batches:
+                    base.pread(b)
+            elif name == "memmap + copy":
+                for b in batches:
+                    base.memmap(b)
+            else:
+                need = sequential(need)
+            spent[name] += time.perf_counter() - t0
+            delivered[name] += device_read_bytes() - io0
+            needed[name] += need
+        print(f"  round {rnd + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})",
+              flush=True)
+    rows = args.rounds * args.batches * args.batch
+    print(f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; cold: "
+          f"{args.rounds} rounds x {args.batches} random batches of {args.batch} rows from "
+          f"{store.num_rows} rows x {clip_bytes / 1e6:.2f} MB "
+          f"({store.num_rows * clip_bytes / 1e9:.1f} GB store), page cache dropped before each "
+          f"method ({how}); read_ahead_kb "
+          f"{_read_ahead_kb(root)}")
+    rate = {}
+    for name in names:
+        gbs = needed[name] / spent[name] / 1e9
+        rate[name] = gbs
+        amp = delivered[name] / needed[name] if needed[name] else float("nan")
+        clips = needed[name] / clip_bytes / spent[name]
+        print(f"  {name:<32} {gbs:6.3f} GB/s  {clips:7.0f} clips/s  amplification "
+              f"{amp:5.2f}x  ({delivered[name] / 1e9:.2f} GB from the device for "
+              f"{needed[name] / 1e9:.2f} GB)")
+    if min(delivered.values()) < 0.5 * min(needed.values()):
+        print("  WARNING: a method read less than half its bytes from the device: the page "
+              "cache was not dropped, these are not cold figures")
+    pread = rate["exact pread, 1 thread"]
+    print(f"cold LatentStore / exact pread = {rate['LatentStore.get'] / pread:.2f}"
+          f"   read-ahead / exact pread = "
+          f"{rate['LatentStore.get_async, 2 ahead'] / pread:.2f}   "
+          f"LatentStore / memmap = {rate['LatentStore.get'] / rate['memmap + copy']:.2f}   "
+          f"reader stats: {store.stats.as_dict()} (rows {rows} per method)")
+
+
+def _read_ahead_kb(root: Path) -> str:
+    try:
+        dev = os.stat(root).st_dev
+        major, minor = os.major(dev), os.minor(dev)
+        sysfs = Path(f"/sys/dev/block/{major}:{minor}")
+        for p in (sysfs / "queue" / "read_ahead_kb", sysfs / ".." / "queue" / "read_ahead_kb"):
+            if p.exists():
+                return p.read_text().strip()
+    except OSError:
+        pass
+    return "?"
 
 
 def main() -> None:
@@ -82,11 +316,13 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--batches", type=int, default=None,
+                    help="Batches (per round when --cold). Default: 200 warm, 20 cold.")
+    ap.add_argument("--rounds", type=int, default=3, help="--cold: rounds of all methods.")
+    ap.add_argument("--cold", action="store_true")
     ap.add_argument("--keep", type=Path, default=None, help="Write the store here and keep it.")
     args = ap.parse_args()
-
-    import zarr
+    args.batches = args.batches or (20 if args.cold else 200)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp) / "store"
@@ -97,50 +333,7 @@ def main() -> None:
             dt = time.perf_counter() - t0
             print(f"wrote {args.rows} rows ({args.rows * clip_bytes / 1e9:.2f} GB) in {dt:.1f} s "
                   f"({args.rows * clip_bytes / 1e9 / dt:.2f} GB/s incl. crc32c + sha256 + fsync)")
-        store = LatentStore(root)
-        paths = StorePaths(root)
-        for s in range(store.meta["latents"]["num_shards"]):  # warm the page cache
-            paths.latent_shard(s).read_bytes()
-        rng = np.random.default_rng(1)
-        batches = [np.sort(rng.choice(args.rows, args.batch, replace=False))
-                   for _ in range(args.batches)]
-
-        raw = [np.memmap(paths.latent_shard(s), dtype="<f2", mode="r",
-                         shape=(args.shard_size, args.tokens, args.dim))
-               for s in range(store.meta["latents"]["num_shards"])]
-
-        def read_raw(rows: np.ndarray) -> np.ndarray:
-            out = np.empty((len(rows), args.tokens, args.dim), dtype="<f2")
-            for i, r in enumerate(rows.tolist()):
-                s, k = divmod(r, args.shard_size)
-                out[i] = raw[s][k]
-            return out
-
-        z = zarr.open(str(root / "latents.zarr"), mode="r")
-
-        def read_zarr(rows: np.ndarray) -> np.ndarray:
-            # One z[r] per row: zarr 3.1's oindex[rows] on a sharded array is ~20x slower.
-            return np.stack([z[int(r)] for r in rows])
-
-        methods = {"LatentStore.get": store.get, "zarr z[r] per row": read_zarr,
-                   "raw np.memmap": read_raw}
-        for b in batches[:3]:
-            got = store.get(b)
-            assert np.array_equal(got, read_zarr(b)) and np.array_equal(got, read_raw(b))
-        for chunk in np.array_split(np.arange(args.rows), max(1, args.rows // 64)):
-            store.get(chunk)  # touch every page of both maps once: faults out of the timing
-            read_raw(chunk)
-        print(f"{platform.machine()}, {os.cpu_count()} cores, {len(batches)} random batches of "
-              f"{args.batch} rows from {args.rows} rows x {clip_bytes / 1e6:.2f} MB "
-              f"(warm page cache), zarr {zarr.__version__}, numpy {np.__version__}")
-        rates = time_interleaved(methods, batches, clip_bytes)
-        t0 = time.perf_counter()
-        z.oindex[batches[0]]
-        print(f"  (zarr oindex[rows]: {args.batch / (time.perf_counter() - t0):.0f} clips/s, "
-              f"one batch)")
-        r_store, r_raw = rates["LatentStore.get"], rates["raw np.memmap"]
-        print(f"LatentStore / raw memmap = {r_store / r_raw:.2f}   "
-              f"LatentStore / zarr = {r_store / rates['zarr z[r] per row']:.1f}x")
+        (cold if args.cold else warm)(root, args, clip_bytes)
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def test_read_counters_add_up(many_shards: Path) -> None:
     st = store.stats
     assert st.rows == 10 and st.bytes_needed == 10 * store.row_nbytes
     assert st.bytes_read == st.bytes_needed + touched * index_nbytes(store.shard_size)
-    assert st.reads == 10 + touched
+    assert 10 + touched <= st.reads <= 2 * 10 + touched  # copies, hints (cold rows), indexes
     frames = open_store(many_shards).frames
     frames.jpegs(int(rows[0]))
     fs = frames.stats

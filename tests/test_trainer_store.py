@@ -1,5 +1,5 @@
 """`salt train` on a real (tiny) store: overfitting, store checks, the teacher never built,
-resume after SIGKILL, 2-process DDP, online targets."""
+resume after SIGKILL, 2-process DDP, online targets, more shards than the open-file limit."""
 
 from __future__ import annotations
 
@@ -121,9 +121,15 @@ def test_failed_rows_are_skipped(cache_store: Path, tmp_path: Path) -> None:
     assert res.step == 3 and all(np.isfinite(res.losses))
 
 
-def _cli_child(args: list[str], env: dict[str, str]) -> None:
-    """Run `salt ARGS` in a forked child (no re-import of torch: seconds instead of tens)."""
+def _cli_child(args: list[str], env: dict[str, str], fd_margin: int | None = None) -> None:
+    """Run `salt ARGS` in a forked child (no re-import of torch: seconds instead of tens);
+    ``fd_margin``: RLIMIT_NOFILE (soft and hard) = the descriptors open now + that many."""
     os.environ.update(env)
+    if fd_margin is not None:
+        import resource
+
+        limit = len(os.listdir("/proc/self/fd")) + fd_margin
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     code = 1
     try:
         app(args, standalone_mode=False)
@@ -134,8 +140,9 @@ def _cli_child(args: list[str], env: dict[str, str]) -> None:
         os._exit(code)
 
 
-def fork_cli(args: list[str], env: dict[str, str] | None = None) -> mp.process.BaseProcess:
-    proc = mp.get_context("fork").Process(target=_cli_child, args=(args, env or {}))
+def fork_cli(args: list[str], env: dict[str, str] | None = None,
+             fd_margin: int | None = None) -> mp.process.BaseProcess:
+    proc = mp.get_context("fork").Process(target=_cli_child, args=(args, env or {}, fd_margin))
     proc.start()
     return proc
 
@@ -220,3 +227,47 @@ def test_online_targets_run_the_teacher_on_videos(synth_root: Path, tmp_path: Pa
                                    "targets=online", "teacher_ckpt=random:vit_tiny:0"])
     res = train(cfg, RunSpec(out=tmp_path, data=synth_root), echo=lambda s: None)
     assert res.step == 2 and all(np.isfinite(res.losses))
+
+
+def reshard(src: Path, dst: Path, copies: int) -> Path:
+    """``src``'s rows ``copies`` times over, one row per shard, written by the build's writer
+    (same teacher, view and frames: the trainer accepts it like ``src``)."""
+    from salt_vla.cache.store_writer import (
+        ShardTransaction,
+        new_manifest,
+        prepare_store,
+        write_manifest,
+    )
+
+    old = open_cached(resolve("tiny"), src)
+    meta = LatentStore(src).meta
+    rows = [int(r) for r in old.rows] * copies
+    manifest = new_manifest(
+        split="train", teacher=meta["teacher"], view=meta["view"], frames=meta["frames"],
+        dtype=meta["latents"]["dtype"], tokens=meta["latents"]["tokens"],
+        dim=meta["latents"]["dim"], grid=tuple(meta["latents"]["grid"]), shard_size=1,
+        video_ids=[f"{meta['rows']['video_id'][r]}-{i}" for i, r in enumerate(rows)],
+        view_index=[0] * len(rows), labels=[meta["rows"]["label"][r] for r in rows],
+        missing_video_ids=[], command=["test"], tool_version="test")
+    manifest = prepare_store(dst, manifest)
+    for i, r in enumerate(rows):
+        txn = ShardTransaction(dst, manifest, i)
+        txn.add_row(i, old.targets.get([r])[0], old.frames.jpegs(r))
+        txn.commit()
+    write_manifest(dst, manifest)
+    return dst
+
+
+def test_trains_on_more_shards_than_the_open_file_limit(store: Path, tmp_path: Path) -> None:
+    """96 one-row shards (192 shard files) under a limit of 40 descriptors beyond what the
+    process holds at start, soft = hard (raising it cannot help), num_workers=0: every
+    descriptor is the main process's. Without the readers' LRU this dies with EMFILE."""
+    many = reshard(store, tmp_path / "many", copies=3)
+    assert len(LatentStore(many).frames_shards()) == 96
+    sets = SMALL + ["max_steps=24", "batch_size=8", "num_workers=0", "log_every=4",
+                    "ckpt_every=12"]
+    proc = fork_cli(train_args(many, tmp_path / "run", sets), fd_margin=40)
+    proc.join(timeout=300)
+    assert proc.exitcode == 0, "salt train failed under the low open-file limit"
+    steps = [s for s, _ in loss_curve(tmp_path / "run")]
+    assert steps[-1] == 24  # 192 rows read: every shard touched about twice

@@ -1,31 +1,37 @@
-"""LatentStore: the reader of cached teacher latents, exact-size reads of the shard files.
+"""LatentStore: the reader of cached teacher latents, exact reads of the shard files.
 
 zarr-python decodes a sharded read through its async codec pipeline (~450 clips/s on this
 class of machine); the bytes of a row are already contiguous and uncompressed in the shard
-file, so reading exactly those bytes at the shard index's offset serves them at memcpy speed
+file, so copying exactly those bytes at the shard index's offset serves them at memcpy speed
 when they are cached and at the device's speed when not:
 
-- one ``preadv`` per row straight into the output array, on descriptors advised
-  ``POSIX_FADV_RANDOM`` (no read-around: a memory map read 4.4-4.6x the needed bytes of a
-  cold shuffled store on the measuring VM, whose read-ahead window is 8 MB);
-- the rows of a batch are read by a small thread pool (``threads``), so a cold batch keeps
-  several reads in flight (an NVMe needs a queue, not one synchronous reader), and
+- shard files are memory-mapped with ``MADV_RANDOM`` (a page fault reads its page only: the
+  plain map of the previous reader read 4.4-4.6x the needed bytes of a cold shuffled store on
+  the measuring VM, whose read-around window is 8 MB), and a batch's row ranges are hinted
+  with ``MADV_WILLNEED`` before they are copied: the kernel queues exactly those pages at
+  once, so a cold batch keeps the device busy; warm, the copy is a user-space memcpy from the
+  page cache (a ``pread`` into the batch array measured 2x slower on the VM);
+- the copies of a batch are shared by a small thread pool (``threads``), and
   :meth:`get_async` reads the next batches ahead while the caller works;
-- at most ``open_files`` shard files are open (an LRU, see ``reads.py``): a 2,640-shard store
-  trains under ``ulimit -n 1024``;
+- at most ``open_files`` shard maps are open (an LRU, see ``reads.py``, one descriptor each):
+  a 2,640-shard store trains under ``ulimit -n 1024``;
 - ``stats`` counts the bytes asked for vs needed.
 
 Each shard's index is parsed once per process (and inherited by forked DataLoader workers);
-descriptors and threads are per process, so the store can be created in the main process and
-used in forked (or spawned) workers. int8 stores (``quantize.py``) are dequantised here: the
-caller gets float16 rows either way.
+maps and threads are per process, so the store can be created in the main process and used
+in forked (or spawned) workers. int8 stores (``quantize.py``) are dequantised here: the
+caller gets float16 rows either way. As with any memory map, a shard file truncated while it
+is mapped faults (SIGBUS) on the missing pages: committed files are never rewritten, and
+``salt cache verify`` finds one that was.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,8 +50,8 @@ from salt_vla.cache.format import (
     zarr_scale_metadata,
 )
 from salt_vla.cache.quantize import SCALE_DTYPE, dequantize_into
-from salt_vla.cache.reads import OpenFiles, ReadStats, pread_exact
-from salt_vla.cache.shard import EMPTY, ShardIndexError, index_nbytes, read_index_fd
+from salt_vla.cache.reads import OpenFiles, ReadStats
+from salt_vla.cache.shard import EMPTY, index_from, index_nbytes
 from salt_vla.errors import SaltError
 
 READ_THREADS = 4  # reads of one batch in flight at once (cold reads need a queue)
@@ -58,18 +64,60 @@ class MissingRowError(SaltError, KeyError):
         return str(self.args[0])
 
 
+def _load_mincore() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.mincore
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MINCORE = _load_mincore()
+
+
+def map_address(m: mmap.mmap) -> int:
+    """Where map ``m`` starts in this process's memory."""
+    return np.frombuffer(m, np.uint8, 1, 0).__array_interface__["data"][0]
+
+
+def resident(address: int, vec: ctypes.Array) -> bool:
+    """Whether the page at ``address`` (page-aligned, inside a map) is in the page cache
+    (``mincore`` into ``vec``, a 1-byte buffer; False where it cannot be asked, so the caller
+    hints)."""
+    if _MINCORE is None or _MINCORE(address, mmap.PAGESIZE, vec) != 0:
+        return False
+    return bool(vec[0] & 1)
+
+
 class _ShardFiles:
-    """One sharded array of the store (the latents, or the int8 scales): its files behind an
-    LRU of descriptors, and each shard's parsed index."""
+    """One sharded array of the store (the latents, or the int8 scales): its files mapped
+    behind an LRU (``reads.OpenFiles``, ``MADV_RANDOM`` maps), and each shard's parsed index."""
 
     def __init__(self, root: Path, paths: list[Path], shard_size: int, row_nbytes: int,
                  capacity: int | None, stats: ReadStats) -> None:
         self.root = root
-        self.files = OpenFiles(paths, capacity, stats=stats)
+        self.files = OpenFiles(paths, capacity, kind="map", stats=stats)
         self.shard_size = shard_size
         self.row_nbytes = row_nbytes
         self.stats = stats
         self.offsets: dict[int, np.ndarray] = {}  # shard -> uint64 row offsets, EMPTY = none
+        self._address: dict[int, tuple[mmap.mmap, int]] = {}  # shard -> (its map, address)
+        # mincore's answer. Two threads hinting at once may mix answers up: that only decides
+        # whether a row is hinted, never what is read.
+        self._vec = (ctypes.c_ubyte * 1)()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_address"] = {}  # maps and ctypes buffers do not cross processes
+        del state["_vec"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._vec = (ctypes.c_ubyte * 1)()
 
     def index(self, shard: int) -> np.ndarray:
         got = self.offsets.get(shard)
@@ -81,13 +129,14 @@ class _ShardFiles:
         path = self.files.paths[shard]
         start = shard * self.shard_size
         try:
-            with self.files.fd(shard) as fd:
-                offsets, nbytes, _ = read_index_fd(fd, self.shard_size, str(path))
+            with self.files.fd(shard) as m:
+                offsets, nbytes = index_from(lambda off, n: m[off:off + n], len(m),
+                                             self.shard_size, str(path))
         except FileNotFoundError:
             raise MissingRowError(f"shard file {path} (rows {start}..) is missing; run "
                                   f"`salt cache verify {self.root}`") from None
-        except ShardIndexError as e:
-            raise CacheFormatError(f"{e}; run `salt cache verify {self.root}`") from None
+        except ValueError as e:  # ShardIndexError, or an empty file mmap refuses
+            raise CacheFormatError(f"{path}: {e}; run `salt cache verify {self.root}`") from None
         self.stats.add(0, 0, index_nbytes(self.shard_size), 1)
         bad = (offsets != EMPTY) & (nbytes != self.row_nbytes)
         if bad.any():
@@ -98,19 +147,38 @@ class _ShardFiles:
             )
         return offsets
 
-    def read(self, shard: int, local: int, buf: memoryview) -> bool:
-        """Row ``local`` of ``shard`` into ``buf``; False when the index has no such row."""
+    def offset(self, shard: int, local: int) -> int | None:
         off = self.index(shard)[local]
-        if off == EMPTY:
-            return False
-        with self.files.fd(shard) as fd:
-            n = pread_exact(fd, buf, int(off))
-        if n != len(buf):
-            raise CacheFormatError(
-                f"short read of row {shard * self.shard_size + local} in "
-                f"{self.files.paths[shard]} ({n} of {len(buf)} bytes: truncated?); run "
-                f"`salt cache verify {self.root}`")
+        return None if off == EMPTY else int(off)
+
+    def hint(self, shard: int, offset: int) -> bool:
+        """Ask the kernel to read the row at ``offset`` now (``MADV_WILLNEED``: it queues
+        exactly those pages and returns), unless its first and last pages are in the page
+        cache already (then the row is taken to be: a warm read skips the hint, which costs
+        as much as 7% of the copy). Returns whether it hinted."""
+        start = offset - offset % mmap.PAGESIZE
+        last = offset + self.row_nbytes - 1
+        with self.files.fd(shard) as m:
+            known = self._address.get(shard)
+            if known is None or known[0] is not m:  # (re)opened since: look it up again
+                known = self._address[shard] = (m, map_address(m))
+            base, vec = known[1], self._vec
+            if resident(base + start, vec) and resident(base + last - last % mmap.PAGESIZE,
+                                                        vec):
+                return False
+            m.madvise(mmap.MADV_WILLNEED, start, offset + self.row_nbytes - start)
         return True
+
+    def read(self, shard: int, offset: int, out: np.ndarray) -> None:
+        """The row at ``offset`` of ``shard`` into ``out`` (uint8, ``row_nbytes``)."""
+        with self.files.fd(shard) as m:
+            out[...] = np.frombuffer(m, np.uint8, self.row_nbytes, offset)
+
+    def view(self, shard: int, offset: int, dtype: np.dtype, shape: tuple[int, ...],
+             use: Callable[[np.ndarray], None]) -> None:
+        """``use(row)`` on the row at ``offset`` seen in place (no copy), as ``dtype``."""
+        with self.files.fd(shard) as m:
+            use(np.frombuffer(m, dtype, self.row_nbytes // dtype.itemsize, offset).reshape(shape))
 
 
 class LatentStore:
@@ -255,7 +323,8 @@ class LatentStore:
 
     def get(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Latents of ``rows``: ``[len(rows), tokens, dim]`` (a new array; float16 for
-        int8 stores)."""
+        int8 stores). Every row's pages are hinted to the kernel first, then copied out by
+        ``threads`` threads (a cold batch has all its reads queued at once)."""
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
             bad = int(idx[(idx < 0) | (idx >= self.num_rows)][0])
@@ -266,17 +335,31 @@ class LatentStore:
         out = np.empty((idx.size, self.tokens, self.dim), dtype=self.dtype)
         if idx.size == 0:
             return out
-        # File order: consecutive rows of a shard are read back to back.
+        # File order: consecutive rows of a shard are hinted and read back to back.
         order = np.argsort(idx, kind="stable")
-        parts = [p for p in np.array_split(order, min(self.threads, idx.size)) if p.size]
+        plan = []  # (position in out, shard, latents offset, scale offset)
+        hinted = 0
+        for pos in order.tolist():
+            row = int(idx[pos])
+            shard, local = divmod(row, self.shard_size)
+            off = self._latents.offset(shard, local)
+            soff = self._scales.offset(shard, local) if self._scales is not None else 0
+            if off is None or soff is None:
+                self._missing(row)
+            hinted += self._latents.hint(shard, off)
+            plan.append((pos, shard, off, soff))
+        parts = [p for p in np.array_split(np.arange(len(plan)), min(self.threads, len(plan)))
+                 if p.size]
         if len(parts) <= 1:
-            self._read_rows(idx, order, out)
+            self._read_rows(plan, out)
         else:
             pool, _ = self._executors()
-            for f in [pool.submit(self._read_rows, idx, p, out) for p in parts]:
+            futures = [pool.submit(self._read_rows, [plan[i] for i in p.tolist()], out)
+                       for p in parts]
+            for f in futures:
                 f.result()
         per_row = self.row_nbytes + (self.tokens * 2 if self.quantized else 0)
-        self.stats.add(idx.size, idx.size * per_row, idx.size * per_row, 0)
+        self.stats.add(idx.size, idx.size * per_row, idx.size * per_row, len(plan) + hinted)
         return out
 
     def get_async(self, rows: Sequence[int] | np.ndarray) -> Future:
@@ -294,33 +377,25 @@ class LatentStore:
             f"LatentStore.valid_rows."
         )
 
-    def _read_rows(self, idx: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
-        """Rows ``idx[positions]`` into ``out[positions]`` (one thread's share)."""
-        reads = 0
-        if self.quantized:
-            q, scale, scratch = self._scratch()
-        flat = out.reshape(out.shape[0], -1)
-        for pos in positions.tolist():
-            row = int(idx[pos])
-            shard, local = divmod(row, self.shard_size)
-            if not self.quantized:
-                ok = self._latents.read(shard, local, memoryview(flat[pos].view(np.uint8)))
-            else:
-                ok = (self._latents.read(shard, local, memoryview(q.reshape(-1).view(np.uint8)))
-                      and self._scales.read(shard, local, memoryview(scale.view(np.uint8))))
-                if ok:
-                    dequantize_into(q, scale, out[pos], scratch)
-            if not ok:
-                self._missing(row)
-            reads += 2 if self.quantized else 1
-        self.stats.add(0, 0, 0, reads)
+    def _read_rows(self, plan: list[tuple[int, int, int, int]], out: np.ndarray) -> None:
+        """One thread's share of a batch: ``(position in out, shard, offsets)`` per row."""
+        flat = out.reshape(out.shape[0], -1).view(np.uint8)
+        if not self.quantized:
+            for pos, shard, off, _ in plan:
+                self._latents.read(shard, off, flat[pos])
+            return
+        assert self._scales is not None
+        scale, scratch = self._scratch()
+        for pos, shard, off, soff in plan:
+            self._scales.read(shard, soff, scale.view(np.uint8))
+            self._latents.view(shard, off, np.dtype(np.int8), (self.tokens, self.dim),
+                               lambda q, p=pos: dequantize_into(q, scale, out[p], scratch))
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-thread buffers for int8 rows: q, scale and the float32 product."""
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread buffers for int8 rows: the scales and the float32 product."""
         got = getattr(self._local, "buffers", None)
         if got is None:
-            got = (np.empty((self.tokens, self.dim), np.int8),
-                   np.empty(self.tokens, SCALE_DTYPE),
+            got = (np.empty(self.tokens, SCALE_DTYPE),
                    np.empty((self.tokens, self.dim), np.float32))
             self._local.buffers = got
         return got

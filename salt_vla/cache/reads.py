@@ -15,15 +15,25 @@ sockets, W&B, logs), and a quarter of the rest per reader leaves room for three 
 one process plus, after a fork, a fourth (descriptors a forked child inherits are closed in
 the child at once, see :func:`_close_in_child`). ``soft=1024`` gives ``N=224``.
 
-Rows are read with ``os.preadv`` of exactly their bytes at the shard index's offsets into
-the caller's buffer, on descriptors advised ``POSIX_FADV_RANDOM``: the kernel then reads
-those pages and no more (a memory map faults pages in with the device's read-around window,
-8 MB on the VM this was measured on, 4.4-4.6x the needed bytes for a cold shuffled read).
+Two kinds of handle, both reading exactly the bytes asked for:
+
+- ``kind="fd"``: descriptors advised ``POSIX_FADV_RANDOM`` for ``pread`` s (the frames
+  tars: a row's JPEGs are one short read);
+- ``kind="map"``: read-only memory maps advised ``MADV_RANDOM`` (a fault maps its page and
+  reads no other; without it a fault reads the device's whole read-around window, 8 MB on the
+  VM this was measured on: 4.4-4.6x the needed bytes of a cold shuffled read), on which the
+  latents reader hints a batch's row ranges with ``MADV_WILLNEED`` (the kernel queues exactly
+  those pages at once: the device sees a deep queue) before copying them out. A map holds one
+  descriptor (Python's mmap keeps a duplicate), so the LRU bounds maps and descriptors alike.
+  Copying from a map is a user-space copy from the page cache: warm reads run at memory-map
+  speed, which a ``pread`` into the caller's array does not reach on the measuring VM
+  (``benchmarks/bench_latent_store.py``).
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import resource
 import threading
@@ -33,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from salt_vla.errors import SaltError
 
@@ -99,7 +110,8 @@ def too_many_open_files(path: Path | str, e: OSError) -> TooManyOpenFilesError:
         what = "the system's open-file table is full (ENFILE, fs.file-max)"
         fix = "close other programs' files or raise fs.file-max (sysctl)"
     else:
-        what = f"this process has {soft} descriptors open, its limit (ulimit -n; hard {hard})"
+        what = (f"this process reached its limit of {soft} open descriptors (ulimit -n; "
+                f"hard limit {hard})")
         fix = (f"raise the limit where salt starts, e.g. `ulimit -n {max(4096, 2 * soft)}` "
                f"(the hard limit {hard} is what salt can raise to by itself; a container or "
                "systemd unit sets it: docker --ulimit nofile=65536:65536, LimitNOFILE=)")
@@ -168,29 +180,30 @@ if hasattr(os, "register_at_fork"):
 
 
 class OpenFiles:
-    """At most ``capacity`` read-only descriptors of ``paths`` open at once; the least
-    recently used idle one is closed to make room.
+    """At most ``capacity`` read-only handles of ``paths`` open at once (descriptors, or
+    memory maps for ``kind="map"``); the least recently used idle one is closed to make room.
 
-    ``with files.fd(i) as fd:`` holds descriptor ``i`` open for the block (a descriptor in use
-    by one thread is never closed by another; a thread that needs a new one while all
-    ``capacity`` are in use waits). Safe across fork (the child starts with none open) and
-    pickling (none cross). ``advice``: ``posix_fadvise`` on each new descriptor
-    (``POSIX_FADV_RANDOM`` by default: read exactly the pages asked for).
+    ``with files.fd(i) as h:`` holds handle ``i`` open for the block (one in use by a thread
+    is never closed by another; a thread that needs a new one while all ``capacity`` are in
+    use waits). Safe across fork (the child starts with none open) and pickling (none cross).
+    Descriptors are advised ``POSIX_FADV_RANDOM`` and maps ``MADV_RANDOM``: read exactly the
+    pages asked for.
     """
 
     def __init__(self, paths: Sequence[Path | str], capacity: int | None = None,
-                 advice: int | None = getattr(os, "POSIX_FADV_RANDOM", None),
-                 stats: ReadStats | None = None) -> None:
+                 kind: str = "fd", stats: ReadStats | None = None) -> None:
+        if kind not in ("fd", "map"):
+            raise ValueError(f"kind={kind!r}: 'fd' or 'map'")
         raise_nofile_limit()
         self.paths = [Path(p) for p in paths]
         self.capacity = max(1, reader_budget() if capacity is None else capacity)
-        self.advice = advice
+        self.kind = kind
         self.stats = stats if stats is not None else ReadStats()
         self._init_state()
         _LIVE.add(self)
 
     def _init_state(self) -> None:
-        self._open: OrderedDict[int, int] = OrderedDict()  # path index -> fd, LRU first
+        self._open: OrderedDict[int, Any] = OrderedDict()  # path index -> handle, LRU first
         self._busy: dict[int, int] = {}  # path index -> holders
         self._cond = threading.Condition()
 
@@ -202,7 +215,7 @@ class OpenFiles:
         return len(self._open)
 
     @contextmanager
-    def fd(self, i: int) -> Iterator[int]:
+    def fd(self, i: int) -> Iterator[Any]:
         fd = self._acquire(i)
         try:
             yield fd
@@ -213,7 +226,7 @@ class OpenFiles:
                     del self._busy[i]
                 self._cond.notify()
 
-    def _acquire(self, i: int) -> int:
+    def _acquire(self, i: int) -> Any:
         with self._cond:
             while True:
                 fd = self._open.get(i)
@@ -230,36 +243,48 @@ class OpenFiles:
     def _evict_one(self) -> bool:
         for j in self._open:  # least recently used first
             if j not in self._busy:
-                os.close(self._open.pop(j))
+                _close_handle(self._open.pop(j))
                 with self.stats.lock:
                     self.stats.closed += 1
                 return True
         return False
 
-    def _open_new(self, i: int) -> int:
+    def _open_new(self, i: int) -> Any:
         path = self.paths[i]
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            handle = self._open_handle(path)
         except OSError as e:
             if e.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             while self._evict_one():  # other parts of the process used the room: retry once
                 pass
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                handle = self._open_handle(path)
             except OSError as e2:
                 if e2.errno in (errno.EMFILE, errno.ENFILE):
                     raise too_many_open_files(path, e2) from None
                 raise
-        if self.advice is not None:
-            try:
-                os.posix_fadvise(fd, 0, 0, self.advice)
-            except OSError:
-                pass  # advice only
-        self._open[i] = fd
+        self._open[i] = handle
         with self.stats.lock:
             self.stats.opened += 1
-        return fd
+        return handle
+
+    def _open_handle(self, path: Path) -> Any:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if self.kind == "fd":
+            if hasattr(os, "POSIX_FADV_RANDOM"):
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                except OSError:
+                    pass  # advice only
+            return fd
+        try:
+            m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # keeps its own duplicate
+        finally:
+            os.close(fd)
+        if hasattr(mmap, "MADV_RANDOM"):
+            m.madvise(mmap.MADV_RANDOM)
+        return m
 
     def close(self) -> None:
         """Close every idle descriptor (all of them when no thread is reading)."""
@@ -268,11 +293,8 @@ class OpenFiles:
                 pass
 
     def _after_fork(self) -> None:
-        for fd in self._open.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for handle in self._open.values():
+            _close_handle(handle)
         self._init_state()
 
     def __getstate__(self) -> dict:
@@ -288,10 +310,23 @@ class OpenFiles:
 
     def __del__(self) -> None:
         try:
-            for fd in self._open.values():
-                os.close(fd)
-        except (AttributeError, OSError):
+            for handle in self._open.values():
+                _close_handle(handle)
+        except AttributeError:
             pass
+
+
+def _close_handle(handle: Any) -> None:
+    """Close a descriptor or a map. A map still exported (a view of it alive, e.g. in a
+    forked child that inherited a copy mid-read) is dropped instead: its descriptor goes
+    when the last view does."""
+    try:
+        if isinstance(handle, int):
+            os.close(handle)
+        else:
+            handle.close()
+    except (OSError, BufferError):
+        pass
 
 
 def pread_exact(fd: int, buf: memoryview, offset: int) -> int:

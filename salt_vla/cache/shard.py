@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -76,18 +77,26 @@ def read_index(path: Path, chunks: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def read_index_fd(fd: int, chunks: int, where: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`read_index` on an open descriptor (the readers' LRU holds one); ``where``
-    names the file in errors."""
-    need = index_nbytes(chunks)
+    """:func:`read_index` on an open descriptor; ``where`` names the file in errors."""
     size = os.fstat(fd).st_size
+    offsets, nbytes = index_from(lambda off, n: os.pread(fd, n, off), size, chunks, where)
+    return offsets, nbytes, size
+
+
+def index_from(read: Callable[[int, int], bytes], size: int, chunks: int, where: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, nbytes)`` of a shard file of ``size`` bytes whose bytes ``read(offset, n)``
+    returns (a ``pread``, or a slice of a memory map of it); checks the crc32c and that every
+    chunk lies inside the data part of the file."""
+    need = index_nbytes(chunks)
     if size < need:
         raise ShardIndexError(f"{where}: {size} bytes, shorter than its {need}-byte index "
                               f"(truncated)")
-    offsets, nbytes = parse_index(os.pread(fd, need, size - need), chunks, where)
+    offsets, nbytes = parse_index(read(size - need, need), chunks, where)
     present = offsets != EMPTY
     if np.any(offsets[present] + nbytes[present] > size - need):
         raise ShardIndexError(f"{where}: index points past the end of the data (truncated)")
-    return offsets, nbytes, size
+    return offsets, nbytes
 
 
 class ShardFileWriter:
