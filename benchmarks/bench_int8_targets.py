@@ -9,7 +9,8 @@ values: relative RMS over the clip (``||x_hat - x|| / ||x||``) and the worst val
 units of its token's max ``|x|``.
 
 Part ``demo``: per ``--seed``, the demo recipe (``salt_vla.demo.run_seed``) in a cut-down
-form (``--videos``, ``--teacher-steps``, ``--student-steps``; the probe recipe as the demo's),
+form (``--videos``, ``--teacher-steps`` or ``--teacher random``, ``--student-steps``; the probe
+recipe as the demo's),
 then, on the same data and the same exported stage-1 teacher, a second cache built with
 ``--latents-dtype int8``, the same stage-2 training on it and the same probe of the student.
 Prints the student's final normalised loss (mean of the last 5 logged values) and probe top-1
@@ -102,7 +103,7 @@ def error_table(clips: int) -> None:
 
 
 def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_steps: int,
-         workers: int) -> None:
+         workers: int, teacher: str) -> None:
     from salt_vla.cache.build import BuildConfig, build_cache
     from salt_vla.cache.pipeline import PipelineConfig
     from salt_vla.data.view import view_preset
@@ -114,7 +115,7 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
 
     results = []
     for seed in seeds:
-        base = demo_config(seed=seed, workers=workers)
+        base = demo_config(seed=seed, workers=workers, teacher=teacher)
         cfg = replace(base, synth=replace(base.synth, videos=videos),
                       teacher_sets=(f"max_steps={teacher_steps}",),
                       train_sets=(f"max_steps={student_steps}",))
@@ -149,8 +150,10 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
                "int8_seconds": round(t_int8)}
         results.append(rec)
         print(json.dumps(rec), flush=True)
-    print(f"demo cut down: {videos} videos, teacher {teacher_steps} steps, student "
-          f"{student_steps} steps, probe {demo_config().probe.epochs} epochs (the demo's)")
+    what = (f"stage-1 teacher {teacher_steps} steps" if teacher == "stage1"
+            else "random:vit_tiny:SEED teacher (no stage 1)")
+    print(f"demo cut down: {videos} videos, {what}, student {student_steps} steps, probe "
+          f"{demo_config().probe.epochs} epochs (the demo's)")
     print(f"  {'seed':>4}  {'norm loss fp16':>14}  {'int8':>8}  {'probe top-1 fp16':>16}  "
           f"{'int8':>6}  {'teacher':>7}  {'random':>6}")
     for r in results:
@@ -177,13 +180,15 @@ def main() -> None:
     d.add_argument("--teacher-steps", type=int, default=300)
     d.add_argument("--student-steps", type=int, default=400)
     d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--teacher", choices=("stage1", "random"), default="stage1",
+                   help="stage1: train the demo's teacher; random: the seeded random teacher.")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.part == "error":
         error_table(args.clips)
     else:
         demo(args.out, args.seed or [0, 1, 2], args.videos, args.teacher_steps,
-             args.student_steps, args.workers)
+             args.student_steps, args.workers, args.teacher)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Warm (default; every byte read once first, so the page cache holds the store):
   same bytes, no index lookup, no checks; the previous LatentStore was this plus the index).
 
 Cold (``--cold``): before each method's turn every shard file is evicted from the page cache
-(``posix_fadvise(DONTNEED)`` per file: no root needed; where ``/proc/sys/vm/drop_caches``
-is writable it is used too), then the method reads the round's batches; each method reads the
+(``posix_fadvise(DONTNEED)`` per file: no root needed; ``--drop-caches`` also drops the whole
+machine's page cache where permitted), then the method reads the round's batches; each method reads the
 same batches. Per method: GB/s of row bytes delivered, and the read amplification: bytes the
 device delivered to this process (``read_bytes`` of ``/proc/self/io``, kernel readahead
 included) over the row bytes needed. Methods:
@@ -89,15 +89,17 @@ def device_read_bytes() -> int:
     return 0
 
 
-def evict(paths: list[Path]) -> str:
-    """Drop ``paths`` from the page cache; returns how."""
+def evict(paths: list[Path], drop_caches: bool = False) -> str:
+    """Drop ``paths`` from the page cache (and, with ``drop_caches``, where permitted, the
+    whole machine's: a shared machine's other users lose their cache too); returns how."""
     how = "posix_fadvise(DONTNEED) per file"
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        how = "drop_caches + " + how
-    except OSError:
-        pass
+    if drop_caches:
+        try:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            how = "drop_caches + " + how
+        except OSError:
+            how += " (drop_caches not permitted)"
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
@@ -246,7 +248,7 @@ def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
                 reader.close()  # no descriptor or cached index from the previous turn
                 reader._latents.offsets.clear()
             base.reset()
-            how = evict(base.paths)
+            how = evict(base.paths, args.drop_caches)
             io0, t0 = device_read_bytes(), time.perf_counter()
             if name == "LatentStore.get":
                 for b in batches:
@@ -320,6 +322,9 @@ def main() -> None:
                     help="Batches (per round when --cold). Default: 200 warm, 20 cold.")
     ap.add_argument("--rounds", type=int, default=3, help="--cold: rounds of all methods.")
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="--cold: also `echo 3 > /proc/sys/vm/drop_caches` before each method "
+                    "(root only; evicts every process's cache: avoid on a shared machine).")
     ap.add_argument("--keep", type=Path, default=None, help="Write the store here and keep it.")
     args = ap.parse_args()
     args.batches = args.batches or (20 if args.cold else 200)
