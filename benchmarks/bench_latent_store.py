@@ -16,9 +16,9 @@ Warm (default; every byte read once first, so the page cache holds the store):
 Cold (``--cold``): before each method's turn every shard file is evicted from the page cache
 (``posix_fadvise(DONTNEED)`` per file: no root needed; ``--drop-caches`` also drops the whole
 machine's page cache where permitted), then the method reads the round's batches; each method
-reads the same batches. Per method: GB/s of row bytes delivered, and the read amplification: bytes the
-device delivered to this process (``read_bytes`` of ``/proc/self/io``, kernel readahead
-included) over the row bytes needed. Methods:
+reads the same batches. Per method: GB/s of row bytes delivered, and the read
+amplification: bytes the device delivered to this process (``read_bytes`` of
+``/proc/self/io``, kernel readahead included) over the row bytes needed. Methods:
 
 * ``LatentStore.get`` (exact reads, ``POSIX_FADV_RANDOM``, 4 threads per batch);
 * ``LatentStore.get_async, 2 ahead`` (the trainer's feeder: the next batch submitted while
