@@ -33,7 +33,7 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -414,29 +414,11 @@ class ShardTransaction:
     def commit(self) -> dict[str, Any]:
         """Steps 1-3 of the commit protocol; returns the commit record."""
         i = self.index
-        try:
-            lat_size, lat_sha = self._lat.close()
-            self._f_lat.flush()
-            os.fsync(self._f_lat.fileno())
-        except OSError as e:
-            raise CacheBuildError(_describe(e, self._tmp_lat)) from e
-        try:
-            tar_size, tar_sha = self._tar.close()
-            self._f_tar.flush()
-            os.fsync(self._f_tar.fileno())
-        except OSError as e:
-            raise CacheBuildError(_describe(e, self._tmp_tar)) from e
+        lat_size, lat_sha = _finish(self._lat, self._f_lat, self._tmp_lat)
+        tar_size, tar_sha = _finish(self._tar, self._f_tar, self._tmp_tar)
         scale_size, scale_sha = 0, ""
         if self._scale is not None and self._f_scale is not None:
-            try:
-                scale_size, scale_sha = self._scale.close()
-                self._f_scale.flush()
-                os.fsync(self._f_scale.fileno())
-            except OSError as e:
-                raise CacheBuildError(_describe(e, self._tmp_scale)) from e
-            self._f_scale.close()
-        self._f_lat.close()
-        self._f_tar.close()
+            scale_size, scale_sha = _finish(self._scale, self._f_scale, self._tmp_scale)
         _crash_point("after-tmp", i)
         lat_final = self.paths.latent_shard(i)
         tar_final = self.paths.frames_shard(i)
@@ -487,6 +469,20 @@ class ShardTransaction:
                 pass
         for p in (self._tmp_lat, self._tmp_tar, self._tmp_scale):
             p.unlink(missing_ok=True)
+
+
+def _finish(writer: ShardFileWriter | FramesTarWriter, f: BinaryIO, path: Path
+            ) -> tuple[int, str]:
+    """Step 1's end for one file: its trailer written, flushed, fsynced and closed; returns
+    ``(size, sha256)``."""
+    try:
+        size, sha = writer.close()
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+    except OSError as e:
+        raise CacheBuildError(_describe(e, path)) from e
+    return size, sha
 
 
 def _hex_crcs(crcs: list[int | None]) -> list[str | None]:

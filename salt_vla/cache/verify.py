@@ -347,19 +347,34 @@ def _verify(report: VerifyReport, root: Path, meta: dict, mode: str, sample: flo
 # --- the full pass: every byte, each file once ---------------------------------------------
 
 
+RowPart = tuple[str, "tuple[np.ndarray, np.ndarray] | None", int, np.dtype, "list | None",
+                list[str]]
+
+
+def _row_parts(meta: dict, shard: dict, check: ShardCheck) -> list[RowPart]:
+    """The row files of a shard: ``(part, parsed index, row bytes, dtype, recorded crc32c
+    list, problem list)`` for the latents and, int8, the scales."""
+    lat = meta["latents"]
+    dtype = DTYPES[lat["dtype"]]
+    parts: list[RowPart] = [("latents", check.latent_index,
+                             lat["tokens"] * lat["dim"] * dtype.itemsize, dtype,
+                             shard.get("row_crc32c"), check.latents)]
+    if "scale" in shard:
+        parts.append(("scale", check.scale_index, lat["tokens"] * 2, np.dtype("<f2"),
+                      shard.get("scale_crc32c"), check.scale))
+    return parts
+
+
+def _where(shard: dict, part: str, path: Path) -> str:
+    return f"shard {shard['index']} {'latents' if part == 'latents' else 'latent scales'} {path}"
+
+
 def _full_shard(root: Path, meta: dict, shard: dict, check: ShardCheck,
                 prog: VerifyProgress) -> int:
     """sha256, per-row crc32c and finite values of the shard's latents (and scales), sha256
     and every header of its tar; problems go into ``check``. Returns the bytes read."""
-    lat = meta["latents"]
-    dtype = DTYPES[lat["dtype"]]
     nbytes = 0
-    parts = [("latents", check.latent_index, lat["tokens"] * lat["dim"] * dtype.itemsize,
-              dtype, shard.get("row_crc32c"), check.latents)]
-    if "scale" in shard:
-        parts.append(("scale", check.scale_index, lat["tokens"] * 2, np.dtype("<f2"),
-                      shard.get("scale_crc32c"), check.scale))
-    for part, index, row_nbytes, row_dtype, crcs, problems in parts:
+    for part, index, row_nbytes, row_dtype, crcs, problems in _row_parts(meta, shard, check):
         if index is None or any(p.startswith("truncated") for p in problems):
             continue  # the structure check said why; the data cannot be read as recorded
         got, probs = _scan_rows_file(root, shard, part, index, row_nbytes, row_dtype, crcs,
@@ -379,8 +394,7 @@ def _scan_rows_file(root: Path, shard: dict, part: str, index: tuple[np.ndarray,
     """One sequential pass over a latents/scale shard file: sha256 of the whole file, and
     each row's crc32c and finite values as its bytes go by."""
     path = root / shard[part]["path"]
-    where = f"shard {shard['index']} {'latents' if part == 'latents' else 'latent scales'} " \
-            f"{path}"
+    where = _where(shard, part, path)
     offsets, _ = index
     start = shard["row_start"]
     present = np.flatnonzero(offsets != EMPTY)
@@ -572,21 +586,13 @@ def _row_bytes(meta: dict, shard: dict, rows: int) -> int:
 def _sample_shard(root: Path, meta: dict, shard: dict, check: ShardCheck, rows: list[int],
                   prog: VerifyProgress) -> int:
     """The sampled rows of one shard (see the module docstring); returns the bytes read."""
-    lat = meta["latents"]
-    dtype = DTYPES[lat["dtype"]]
     start = shard["row_start"]
     nbytes = 0
-    parts = [("latents", check.latent_index, lat["tokens"] * lat["dim"] * dtype.itemsize,
-              dtype, shard.get("row_crc32c"), check.latents)]
-    if "scale" in shard:
-        parts.append(("scale", check.scale_index, lat["tokens"] * 2, np.dtype("<f2"),
-                      shard.get("scale_crc32c"), check.scale))
-    for part, index, row_nbytes, row_dtype, crcs, problems in parts:
+    for part, index, row_nbytes, row_dtype, crcs, problems in _row_parts(meta, shard, check):
         if index is None:
             continue
         path = root / shard[part]["path"]
-        where = f"shard {shard['index']} {'latents' if part == 'latents' else 'latent scales'}" \
-                f" {path}"
+        where = _where(shard, part, path)
         crc_bad, nonfinite = [], []
         fd = os.open(path, os.O_RDONLY)
         try:
