@@ -44,8 +44,10 @@ from salt_vla.cache.format import (
     STATUS_COMPLETE,
     CacheFormatError,
     StorePaths,
+    latent_shard_relpath,
     read_json,
     read_manifest,
+    scale_shard_relpath,
     zarr_array_metadata,
     zarr_scale_metadata,
 )
@@ -96,7 +98,7 @@ class _ShardFiles:
     """One sharded array of the store (the latents, or the int8 scales): its files mapped
     behind an LRU (``reads.OpenFiles``, ``MADV_RANDOM`` maps), and each shard's parsed index."""
 
-    def __init__(self, root: Path, paths: list[Path], shard_size: int, row_nbytes: int,
+    def __init__(self, root: Path, paths: list[str], shard_size: int, row_nbytes: int,
                  capacity: int | None, stats: ReadStats) -> None:
         self.root = root
         self.files = OpenFiles(paths, capacity, kind="map", stats=stats)
@@ -228,9 +230,13 @@ class LatentStore:
         self.threads = max(1, int(threads))
         self.stats = ReadStats()
         shards = range(int(lat.get("num_shards", -(-self.num_rows // self.shard_size))))
-        self._latents = _ShardFiles(self.root, [self.paths.latent_shard(s) for s in shards],
+        # Plain strings: a Path per shard file costs ~0.1 ms each (0.3 s for 2,640 shards).
+        where = str(self.root)
+        self._latents = _ShardFiles(self.root, [f"{where}/{latent_shard_relpath(s)}"
+                                                for s in shards],
                                     self.shard_size, self.row_nbytes, open_files, self.stats)
-        self._scales = (_ShardFiles(self.root, [self.paths.scale_shard(s) for s in shards],
+        self._scales = (_ShardFiles(self.root, [f"{where}/{scale_shard_relpath(s)}"
+                                                for s in shards],
                                     self.shard_size, self.tokens * SCALE_DTYPE.itemsize,
                                     open_files, self.stats) if self.quantized else None)
         self._pid: int | None = None

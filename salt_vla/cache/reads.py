@@ -195,7 +195,8 @@ class OpenFiles:
         if kind not in ("fd", "map"):
             raise ValueError(f"kind={kind!r}: 'fd' or 'map'")
         raise_nofile_limit()
-        self.paths = [Path(p) for p in paths]
+        # As given: os.open takes either, and building thousands of Paths costs a second.
+        self.paths = paths
         self.capacity = max(1, reader_budget() if capacity is None else capacity)
         self.kind = kind
         self.stats = stats if stats is not None else ReadStats()
