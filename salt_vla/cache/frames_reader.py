@@ -185,12 +185,24 @@ def _recorded_members(tables: Sequence[MemberTable]) -> tuple[np.ndarray, ...]:
 def table_members(row_start: int, members: Sequence[Sequence[int] | None]) -> list[Member]:
     """The ``(name, data offset, size)`` list a header scan of the tar must give, from its
     member table (``salt cache verify`` compares the two)."""
-    _, rows, k, data, n = _recorded_members([(row_start, members)])
+    out: list[Member] = []
+    for local, entry in enumerate(members):
+        if entry is not None:
+            out += row_members(row_start + local, entry)
+    return out
+
+
+def row_members(row: int, entry: Sequence[int]) -> list[Member]:
+    """``(name, data offset, size)`` of one row's members from its member-table entry
+    ``[offset, n_0, ..., n_T]`` (the rule of :func:`_recorded_members`, one row in plain
+    Python: numpy costs more than it saves on 17 numbers)."""
+    key = frame_key(row)
+    off = int(entry[0])
     out = []
-    for row, kk, off, size in zip(rows.tolist(), k.tolist(), data.tolist(), n.tolist(),
-                                  strict=True):
-        ext = "json" if kk == 0 else f"{kk - 1:03d}.jpg"
-        out.append((f"{frame_key(row)}.{ext}".encode(), off, size))
+    for k, n in enumerate(entry[1:]):
+        ext = "json" if k == 0 else f"{k - 1:03d}.jpg"
+        out.append((f"{key}.{ext}".encode(), off + BLOCK, int(n)))
+        off += BLOCK + (int(n) + BLOCK - 1) // BLOCK * BLOCK
     return out
 
 

@@ -21,6 +21,7 @@ from salt_vla.cache.frames import decode_jpeg
 from salt_vla.cache.frames_reader import (
     FramesIndexError,
     Member,
+    row_members,
     scan_members,
     split_member_name,
     table_members,
@@ -383,7 +384,7 @@ def _sample_frames(root: Path, meta: dict, shard: dict, rows: list[int], check: 
     try:
         for r in rows:
             entry = table[r - start]
-            members = table_members(r, [entry])
+            members = row_members(r, entry)
             first = entry[0]
             last_name, last_off, last_n = members[-1]
             buf = bytearray(last_off + last_n - first)
