@@ -386,7 +386,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
         elif any(k.startswith("videomae.") or ".attention.attention." in k for k in keys):
             hint = (
                 "this looks like a Hugging Face transformers VideoMAE checkpoint; the teacher "
-                "reads the original VideoMAEv2 layout"
+                "reads the original VideoMAEv2 layout: convert it with `salt teacher convert "
+                "FILE_OR_DIR --out teacher.pth` and pass teacher.pth"
             )
         else:
             hint = (
