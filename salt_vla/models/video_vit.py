@@ -32,6 +32,7 @@ from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import POSITION_MODES, resampled_positions, sincos_table_3d
 from salt_vla.models.student import LayerNorm, init_vit_weights, make_blocks, run_blocks
+from salt_vla.models.teacher import PatchEmbed3d
 
 # Student parameter name -> VideoViT (timm) name; every other key is the same in both.
 STUDENT_TO_VIT: dict[str, str] = {
@@ -75,19 +76,6 @@ class VideoViTConfig:
     def grid(self) -> TokenGrid:
         """The native token grid."""
         return token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)
-
-
-class PatchEmbed3d(nn.Module):
-    """Tubelet embedding under timm's name: ``proj`` is Conv3d(3, D, kernel = stride =
-    (tubelet, patch, patch)); ``[B, 3, T, H, W]`` -> ``[B, t*h*w, D]`` time-major."""
-
-    def __init__(self, dim: int, tubelet: int, patch: int) -> None:
-        super().__init__()
-        k = (tubelet, patch, patch)
-        self.proj = nn.Conv3d(3, dim, kernel_size=k, stride=k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class VideoViT(nn.Module):
