@@ -114,15 +114,14 @@ def load_encoder(
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"{path}: unusable architecture in its config ({e}); re-export "
                           "it with `salt export`") from None
-    encoder = VideoEncoder(cfg, config)
-    dtype = tensors["patch_embed.proj.weight"].dtype if "patch_embed.proj.weight" in tensors \
-        else torch.float32
-    encoder.to(dtype)
+    with torch.device("meta"):  # no wasted init: every weight comes from the file
+        encoder = VideoEncoder(cfg, config)
     try:
-        encoder.load_state_dict(tensors, strict=True)
+        encoder.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:
         raise ExportError(f"{weights}: weights do not fit the recorded architecture: "
                           f"{e}") from None
+    dtype = encoder.patch_embed.proj.weight.dtype  # the stored type (a bf16 export stays bf16)
     want = encoder.position_table(encoder.grid).to(dtype)[None]
     if not torch.allclose(encoder.pos_embed.float(), want.float(), atol=1e-3 if
                           dtype != torch.float32 else 1e-5):
