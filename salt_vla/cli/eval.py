@@ -31,8 +31,9 @@ def eval_probe(
     encoder: str = typer.Option(
         ...,
         "--encoder",
-        help="RUN_DIR or CKPT (a `salt train` run's student); ENCODER.safetensors (a `salt "
-        "export` file, on its recorded view); random:ARCH[:SEED] (a randomly "
+        help="RUN_DIR or CKPT (a `salt train` run's student); EXPORT_DIR or ENCODER.safetensors "
+        "(a `salt export` output, on its recorded view or any --view-preset shape); "
+        "random:ARCH[:SEED] (a randomly "
         "initialised student, ARCH tiny|small|base|large, baseline); teacher:SOURCE (the frozen "
         "VideoMAEv2 teacher's target tokens; SOURCE a checkpoint path sized by --teacher-arch, "
         "random:vit_tiny:0, or a RUN_DIR for the teacher that run trained against).",

@@ -34,11 +34,15 @@ REPORT_HELP = (
     "written beside the report as <stem>-loss.png, <stem>-norm_loss.png, <stem>-lr.png."
 )
 EXPORT_HELP = (
-"Export a run's student encoder for use outside salt-vla (e.g. a robot policy): "
-    "weights as .safetensors with the architecture, input format, training view and "
-    "provenance as JSON in its metadata and in a sidecar .json. Load it with "
-    "`salt_vla.load_encoder(path)`: forward(video) -> (tokens [B,N,D], pooled [B,D]) for uint8 "
-    "[B,T,H,W,3] frames or normalised float [B,3,T,H,W]. See docs/export.md."
+"Export a run's student encoder for use outside salt-vla (e.g. a robot policy). Writes a "
+    "directory (default RUN_DIR/encoder): model.safetensors (timm ViT key names), config.json "
+    "(architecture, view, token grid, provenance: run, step, checkpoint/teacher sha256, store "
+    "identity) and README.md (a model card with the run's probe results); every file 0644. "
+    "--out FILE.safetensors writes one self-contained file instead (config in its metadata, "
+    "FILE.json beside it). Load either with `salt_vla.load_encoder(path)` (needs only torch, "
+    "timm, safetensors: `pip install salt-vla`): forward(video) -> (tokens [B,N,D], pooled "
+    "[B,D]) for uint8 [B,T,H,W,3] frames or normalised float [B,3,T,H,W], of the training "
+    "shape or another one. `salt eval probe --encoder PATH` probes it. See docs/export.md."
 )
 
 
@@ -162,7 +166,8 @@ def export_cmd(
     run: Path = typer.Argument(..., help="RUN_DIR (its ckpt.pt) or a checkpoint file.",
                                show_default=False),
     out: Path | None = typer.Option(
-        None, "--out", help="Output .safetensors file. Default: RUN_DIR/encoder.safetensors.",
+        None, "--out", help="Output directory (new, empty, or an earlier export to replace), "
+        "or a FILE.safetensors for the single-file export. Default: RUN_DIR/encoder.",
         show_default=False,
     ),
     dtype: str = typer.Option(
@@ -171,7 +176,7 @@ def export_cmd(
 ) -> None:
     import torch
 
-    from salt_vla.export import export_encoder
+    from salt_vla.export.write import export_encoder
 
     types = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in types:
@@ -179,10 +184,16 @@ def export_cmd(
     say(f"run: {run}  (from RUN)")
     res = export_encoder(run, out, types[dtype])
     c = res.config
-    say(f"encoder: {c['student']['size']} student, {c['embed_dim']} wide, {c['depth']} blocks, "
-        f"{res.num_params / 1e6:.2f} M parameters, {c['dtype']}; step {c['source']['step']} of "
-        f"exp {c['source']['exp']}")
-    say(f"input: {c['input']['uint8']} (uint8) or normalised float; tokens {c['num_tokens']} "
-        f"(grid {'x'.join(map(str, c['grid']))})")
-    say(f"weights: {res.weights.resolve()}  ({'--out' if out else 'default RUN_DIR'})")
-    say(f"config: {res.sidecar.resolve()}")
+    a, p, g = c["architecture"], c["provenance"], c["grid"]
+    say(f"encoder: {a['description']}; salt-vla size {a['student_size']!r}, "
+        f"{res.num_params / 1e6:.2f} M parameters, {c['dtype']}; step {p['step']}/"
+        f"{p['total_steps']} of exp {p['exp']}")
+    say(f"input: {c['input']['uint8']} or normalised float; tokens {g['num_tokens']} (grid "
+        f"{g['t']}x{g['h']}x{g['w']}); other shapes: {c['positions']['time']} positions in "
+        f"time, {c['positions']['space']} in space")
+    say(f"export: {res.path.resolve()}  ({'--out' if out else 'default RUN_DIR/encoder'})")
+    say(f"weights: {res.weights.resolve()}")
+    say(f"config: {res.config_path.resolve()}")
+    if res.card is not None:
+        say(f"model card: {res.card.resolve()}  ({res.probes} probe result(s) from the run)")
+    say(f"next: salt eval probe --encoder {res.path} --data DATA_ROOT")

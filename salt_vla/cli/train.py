@@ -232,3 +232,36 @@ def teacher_export_cmd(
     say(f"weights: {res.path.resolve()}  ({'--out' if out else 'default RUN_DIR/teacher.pth'})")
     say(f"sha256: {res.sha256}  ({res.sha_path.resolve()})")
     say(f"next: {res.cache_command()}")
+
+
+@teacher_app.command(
+    "convert",
+    help="Convert a Hugging Face transformers VideoMAE checkpoint (a save_pretrained directory "
+    "or its model.safetensors / pytorch_model.bin; VideoMAEModel, VideoMAEForVideoClassification "
+    "or the encoder of VideoMAEForPreTraining) into the official VideoMAEv2 key layout that "
+    "`salt cache build --teacher-ckpt` loads: query/key/value -> attn.qkv, q_bias/v_bias kept, "
+    "the key bias dropped (softmax cancels it), a pre-training decoder dropped. Checks that the "
+    "teacher loader accepts the file and records its sha256 in OUT.sha256 and the mapping in "
+    "OUT.json.",
+)
+def teacher_convert_cmd(
+    source: Path = typer.Argument(..., help="transformers VideoMAE directory or weights file.",
+                                  show_default=False),
+    out: Path = typer.Option(..., "--out", help="Output file (.pth; .safetensors writes "
+                             "safetensors).", show_default=False),
+) -> None:
+    from salt_vla.models.hf_videomae import convert_hf_teacher
+
+    say(f"source: {source}  (from SOURCE)")
+    res = convert_hf_teacher(source, out)
+    s = res.spec
+    say(f"teacher: VideoMAEv2 {s.arch}, tubelet {s.tubelet}, patch {s.patch} (read from "
+        f"{res.source})")
+    if res.dropped:
+        say(f"dropped {len(res.dropped)} key(s): {', '.join(res.dropped[:4])}"
+            f"{' ...' if len(res.dropped) > 4 else ''}")
+    for note in res.notes:
+        say(f"note: {note}")
+    say(f"weights: {res.path.resolve()}  (--out)")
+    say(f"sha256: {res.sha256}  ({res.sha_path.resolve()})")
+    say(f"next: {res.cache_command()} --view-preset VIEW")

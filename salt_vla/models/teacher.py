@@ -152,7 +152,11 @@ def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
 # --- the network (parameter names = official checkpoint keys) --------------------------
 
 
-class _PatchEmbed(nn.Module):
+class PatchEmbed3d(nn.Module):
+    """Tubelet embedding: ``proj`` is Conv3d(3, D, kernel = stride = (tubelet, patch, patch));
+    ``[B, 3, T, H, W]`` -> ``[B, t*h*w, D]``. VideoMAEv2's and timm's name (the exported
+    student's too, :mod:`salt_vla.models.video_vit`)."""
+
     def __init__(self, dim: int, tubelet: int, patch: int) -> None:
         super().__init__()
         k = (tubelet, patch, patch)
@@ -236,7 +240,7 @@ class Teacher(nn.Module):
         self.checkpoint = checkpoint  # resolved file path, or "random:ARCH:SEED"
         self.sha256 = sha256  # file sha256, or "random:ARCH:SEED"
         self.ignored_keys: tuple[str, ...] = ()
-        self.patch_embed = _PatchEmbed(self.arch.dim, spec.tubelet, spec.patch)
+        self.patch_embed = PatchEmbed3d(self.arch.dim, spec.tubelet, spec.patch)
         self.blocks = nn.ModuleList(_Block(self.arch, layer_scale) for _ in range(self.arch.depth))
         self.register_buffer(
             "pos_embed", sinusoid_table(self.grid.num_tokens, self.arch.dim), persistent=False
@@ -386,7 +390,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
         elif any(k.startswith("videomae.") or ".attention.attention." in k for k in keys):
             hint = (
                 "this looks like a Hugging Face transformers VideoMAE checkpoint; the teacher "
-                "reads the original VideoMAEv2 layout"
+                "reads the original VideoMAEv2 layout: convert it with `salt teacher convert "
+                "FILE_OR_DIR --out teacher.pth` and pass teacher.pth"
             )
         else:
             hint = (

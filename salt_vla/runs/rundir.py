@@ -14,7 +14,8 @@ written and read in one place.
       decode_failures.jsonl  videos a stage-1 run could not decode
       probe*.json            probe results (`salt eval probe`; schema in eval/probe_run.py)
       intphys.json           the intuitive-physics result (`salt eval intphys`)
-      encoder.safetensors    `salt export`'s default output (with ``encoder.json``)
+      encoder/               `salt export`'s default output: model.safetensors, config.json,
+                             README.md (an exported encoder; docs/export.md)
       teacher.pth            `salt teacher export`'s default output
       train.log, probe.log   output of the processes a sweep launches
 
@@ -43,7 +44,8 @@ FAILURES_NAME = "decode_failures.jsonl"
 PROBE_NAME = "probe.json"  # `salt eval probe RUN_DIR`'s default (attentive probe)
 PROBE_GLOB = "probe*.json"  # every probe result of a run (other kinds, the teacher's)
 INTPHYS_NAME = "intphys.json"
-ENCODER_NAME = "encoder.safetensors"
+ENCODER_NAME = "encoder"  # `salt export`'s default output directory, inside the run
+EXPORT_WEIGHTS_NAME = "model.safetensors"  # what makes a directory an exported encoder
 TEACHER_EXPORT_NAME = "teacher.pth"
 WANDB_ID_NAME = "wandb_id.txt"
 TRAIN_LOG_NAME = "train.log"
@@ -74,10 +76,18 @@ def heartbeat_path(run_dir: Path | str) -> Path:
     return Path(run_dir) / HEARTBEAT_NAME
 
 
+def is_export_dir(path: Path | str) -> bool:
+    """Whether ``path`` is an exported encoder directory (``model.safetensors``, no
+    checkpoint); its ``config.json`` is the export's, not a run's."""
+    path = Path(path)
+    return (path / EXPORT_WEIGHTS_NAME).is_file() and not checkpoint_path(path).exists()
+
+
 def is_run_dir(path: Path | str) -> bool:
     """Whether ``path`` looks like a `salt train` run directory (holds any run marker)."""
     path = Path(path)
-    return path.is_dir() and any((path / n).exists() for n in RUN_MARKERS)
+    return (path.is_dir() and any((path / n).exists() for n in RUN_MARKERS)
+            and not is_export_dir(path))
 
 
 # --- config.json ---------------------------------------------------------------------------
@@ -236,8 +246,9 @@ class RunPath:
     """What a path given for a trained run names.
 
     ``kind``: ``"run"`` (a run directory; ``file`` is its ckpt.pt), ``"checkpoint"`` (a
-    training checkpoint file) or ``"encoder"`` (a `salt export` ``*.safetensors`` file).
-    ``run_dir``: the directory itself, or the folder holding the file.
+    training checkpoint file) or ``"encoder"`` (a `salt export` directory, ``file`` its
+    model.safetensors; or a ``*.safetensors`` file). ``run_dir``: the directory itself, or
+    the folder holding the file.
     """
 
     kind: str
@@ -245,11 +256,27 @@ class RunPath:
     file: Path
 
 
+def _refuse_export(path: Path, kinds: tuple[str, ...]) -> None:
+    if "encoder" not in kinds:
+        where = ("its config.json" if path.is_dir() else
+                 "its metadata, `salt_vla.export.read_export_config(PATH)`")
+        raise RunDirError(
+            f"{path} is an exported encoder, not a training run: it holds the student network "
+            "only (no predictor, no teacher, no optimiser state). Pass the run directory it "
+            f"was exported from ({where} names it under provenance.run_dir)"
+        )
+
+
 def resolve_run_path(path: Path | str, kinds: tuple[str, ...] = RUN_KINDS) -> RunPath:
     """The one resolver of "a run directory, a checkpoint or an exported encoder": what
-    ``path`` names, refused (with the fix) when it is none of ``kinds``."""
+    ``path`` names, refused (with the fix) when it is none of ``kinds``. An exported
+    encoder is a directory holding ``model.safetensors`` (``file``: that file) or a
+    ``*.safetensors`` file."""
     path = Path(path).expanduser()
     if path.is_dir():
+        if is_export_dir(path):
+            _refuse_export(path, kinds)
+            return RunPath("encoder", path, path / EXPORT_WEIGHTS_NAME)
         ckpt = checkpoint_path(path)
         if not ckpt.is_file():
             raise RunDirError(
@@ -260,13 +287,11 @@ def resolve_run_path(path: Path | str, kinds: tuple[str, ...] = RUN_KINDS) -> Ru
         return RunPath("run", path, ckpt)
     if path.is_file():
         kind = "encoder" if path.suffix == ENCODER_SUFFIX else "checkpoint"
-        if kind not in kinds:
-            raise RunDirError(
-                f"{path} is an exported encoder, not a training checkpoint; pass the run "
-                "directory it was exported from (its .json sidecar names it: source.run_dir)"
-            )
+        if kind == "encoder":
+            _refuse_export(path, kinds)
         return RunPath(kind, path.parent, path)
-    also = f", or an exported encoder (*{ENCODER_SUFFIX})" if "encoder" in kinds else ""
+    also = (f", or an exported encoder (a directory with {EXPORT_WEIGHTS_NAME}, or "
+            f"*{ENCODER_SUFFIX})") if "encoder" in kinds else ""
     raise RunDirError(f"no checkpoint at {path}: no such run directory or file; pass a run "
                       f"directory (the --out of `salt train` or `salt teacher train`), its "
                       f"{CKPT_NAME}{also}")
