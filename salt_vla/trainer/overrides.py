@@ -72,11 +72,11 @@ def values_from_dict(cls: type, d: dict[str, Any], where: str = "") -> dict[str,
     out: dict[str, Any] = {}
     for k, v in d.items():
         name = canonical_key(k, cls)
-        if name not in hints:
-            raise ConfigError(prefix + unknown_key_message(k, cls))
         if isinstance(v, dict):
             raise ConfigError(f"{prefix}{k!r} is a table; salt configs are flat: one `key = "
                               "value` per line at the top level")
+        if name not in hints:
+            raise ConfigError(prefix + unknown_key_message(k, cls))
         try:
             out[name] = _coerce_json(name, v, hints[name])
         except ConfigError as e:
