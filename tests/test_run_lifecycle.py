@@ -210,14 +210,19 @@ def test_one_teacher_spelling_with_deprecated_aliases(tmp_path: Path) -> None:
         settle(STAGE2, "tiny", None, ["targets=online", "teacher=random"], None, None)
     with pytest.raises(ConfigError, match="teacher_arch=vit_tiny"):
         settle(STAGE2, "tiny", None, ["teacher=vit_tiny"], None, None)
+    with pytest.raises(ConfigError, match="add --targets online"):  # not silently unused
+        settle(STAGE2, "tiny", None, ["teacher=random:vit_tiny:0"], None, None)
     # a relative checkpoint path is recorded absolute
     rel = settle(STAGE2, "tiny", None, ["targets=online", "teacher=t.pth"], None, None)
     assert rel.cfg.teacher == str(Path("t.pth").resolve())
     # configs saved before the rename: `teacher` was the arch, `teacher_ckpt` the source
-    old = {**TrainConfig().to_dict(), "teacher": "vit_small", "teacher_ckpt": "/x/t.pth"}
+    old = {**TrainConfig().to_dict(), "teacher": "vit_small", "teacher_ckpt": "/x/t.pth",
+           "targets": "online"}
     del old["teacher_arch"]
     cfg = TrainConfig.from_dict(old)
     assert (cfg.teacher, cfg.teacher_arch) == ("/x/t.pth", "vit_small")
+    cached = TrainConfig.from_dict({**old, "targets": "cached"})  # its source was unused
+    assert (cached.teacher, cached.teacher_arch) == ("", "vit_small")
 
 
 def test_cli_teacher_options(cache_data_root: Path, tmp_path: Path) -> None:
@@ -317,7 +322,7 @@ def test_help_shows_words_not_python_types() -> None:
     import typer
 
     root = typer.main.get_command(app)
-    for path in _commands(root, []):
+    for path in [[], *_commands(root, [])]:
         out = CliRunner().invoke(app, [*path, "--help"], terminal_width=200).output
         for bad in ("<bool>", "<str>", "<int>", "<float>", "<path>", "list[", "[[", "]]",
                     ".py ", "=True", "TeacherSpec("):
@@ -341,3 +346,21 @@ def test_recorded_paths_are_absolute(cache_data_root: Path, tmp_path: Path,
          "--out", "c", "--workers", "1", "--device", "cpu", "--no-progress")
     manifest = json.loads((tmp_path / "c" / "cache.json").read_text())
     assert manifest["teacher_source"] == str(tmp_path / "t.pth")
+
+
+def test_teacher_runs_resume_from_their_saved_config_too(tmp_path: Path) -> None:
+    from salt_vla.files import write_json_atomic
+    from salt_vla.trainer.run_config import STAGE1, STAGE2, settle
+    from salt_vla.trainer.teacher_experiments import resolve_teacher
+
+    cfg = resolve_teacher("teacher-tiny", ["epochs=2", "stop_at=5"])
+    write_json_atomic(tmp_path / "config.json", {
+        "config": cfg.to_dict(), "task": "teacher",
+        "inputs": {"cache": None, "data": "/data/x", "split": "validation"}})
+    s = settle(STAGE1, None, None, ["epochs=4", "num_workers=0"], tmp_path, "yes")
+    assert (s.cfg.epochs, s.cfg.num_workers, s.cfg.stop_at, s.cfg.lr) == (4, 0, 0, cfg.lr)
+    assert s.inputs["data"] == "/data/x" and s.saved_in == tmp_path / "config.json"
+    with pytest.raises(ConfigError, match="salt teacher train --out"):
+        settle(STAGE2, None, None, [], tmp_path, "yes")  # `salt train` on a teacher run
+    with pytest.raises(ConfigError, match="--set arch"):
+        settle(STAGE1, None, None, ["arch=vit_base"], tmp_path, "auto")

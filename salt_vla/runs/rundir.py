@@ -126,9 +126,15 @@ def git_state(where: Path | str) -> dict[str, Any] | None:
 
 def saved_inputs(meta: dict[str, Any]) -> dict[str, Any]:
     """What a run read, as config.json's ``inputs`` records it: ``cache`` and ``data``
-    (absolute paths or None) and ``split``; ``{}`` for runs written before it was recorded."""
+    (absolute paths or None) and ``split``; for runs written before it was recorded, what
+    their ``data`` entry names (possibly relative), else ``{}``."""
     inputs = meta.get("inputs")
-    return inputs if isinstance(inputs, dict) else {}
+    if isinstance(inputs, dict):
+        return inputs
+    data = meta.get("data")  # older runs: what the data source described
+    if isinstance(data, dict) and data.get("targets") in ("cached", "online", "pixels"):
+        return {k: data.get(k) for k in ("cache", "data", "split") if data.get(k)}
+    return {}
 
 
 def read_run_config(run_dir: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -65,13 +65,14 @@ class TrainConfig(LoopConfig):
     @classmethod
     def upgrade_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Dicts saved before the rename: ``teacher`` was the arch, ``teacher_ckpt`` the
-        source."""
+        source (which cached runs never used, so it is dropped for them)."""
         if "teacher_ckpt" not in d:
             return d
         d = dict(d)
         if "teacher" in d:
             d["teacher_arch"] = d.pop("teacher")
-        d["teacher"] = d.pop("teacher_ckpt")
+        source = d.pop("teacher_ckpt")
+        d["teacher"] = source if d.get("targets", "cached") == "online" else ""
         return d
 
     def problems(self) -> list[str]:
@@ -86,6 +87,10 @@ class TrainConfig(LoopConfig):
                 parse_random_source(self.teacher)
             except ConfigError as e:
                 problems.append(f"teacher={self.teacher!r}: {e}")
+        if self.targets == "cached" and self.teacher:
+            problems.append(f"teacher={self.teacher!r} with targets='cached': a cached run's "
+                            "targets come from the store's teacher; add --targets online to "
+                            "run this teacher on every batch instead")
         if self.targets == "online" and not self.teacher:
             problems.append("targets='online' needs the teacher: --teacher PATH or "
                             "random:ARCH:SEED (--set teacher=...)")
