@@ -354,6 +354,10 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 600 else format_duration(s)
+
+
 def format_run(st: RunStatus) -> list[str]:
     """Human-readable lines for one run."""
     pct = f" ({100 * st.step / st.total:.1f}%)" if st.total else ""
@@ -362,11 +366,10 @@ def format_run(st: RunStatus) -> list[str]:
              f"  step {st.step}/{st.total or '?'}{pct}"
              + (f"  eta {format_duration(st.eta_s)}" if st.eta_s is not None else "")
              + (f"  {st.clips_per_s:.1f} clips/s over the run ({st.clips} clips in "
-                f"{format_duration(st.train_s)} of training)" if st.clips_per_s is not None
-                else "")]
+                f"{_seconds(st.train_s)} of training)" if st.clips_per_s is not None else "")]
     if st.loss is not None:
         lines.append(f"  loss {_num(st.loss)} (mean of last {st.window}: "
-                     f"{_num(st.loss_smoothed)})  norm loss {_num(st.norm_loss)} "
+                     f"{_num(st.loss_smoothed)})  nloss {_num(st.norm_loss)} "
                      f"(mean: {_num(st.norm_loss_smoothed)})")
     if st.heartbeat_age_s is not None:
         what = "last heartbeat" if st.pid else "metrics.jsonl written"
