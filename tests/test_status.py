@@ -40,8 +40,9 @@ def test_live_run_is_healthy(tmp_path: Path, make_run) -> None:
     assert st["state"] == "running" and st["pid"] == os.getpid()
     assert (st["step"], st["total"]) == (40, 100)
     assert st["norm_loss"] == 0.6 and st["norm_loss_smoothed"] == pytest.approx(0.75)
-    assert st["clips_per_s"] == pytest.approx(101.5)
-    # 30 steps in 15 s of logged records -> 60 steps left take 30 s
+    # the run's rate: 4 intervals of 80 clips in 5 s each
+    assert st["clips_per_s"] == pytest.approx(16.0) and st["clips"] == 320
+    # at that rate the 60 steps (x 8 clips) left take 30 s
     assert st["eta_s"] == pytest.approx(30.0)
     assert st["checkpoint"] is None  # no ckpt.pt fabricated
 

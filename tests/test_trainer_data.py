@@ -149,20 +149,27 @@ def test_wandb_mode_resolution() -> None:
 
 def test_progress_line_and_jsonl(tmp_path: Path) -> None:
     lines: list[str] = []
-    logger = MetricsLogger(tmp_path, total_steps=100, echo=lines.append)
-    m = {"loss": 0.5, "norm_loss": 0.25, "cos": 0.9, "lr": 1e-4, "clips_per_s": 12.5,
-         "data_wait": 0.1, "eta_s": 3725.0}
-    logger.log(10, m)
-    logger.log(20, m)
+    logger = MetricsLogger(tmp_path, total_steps=100, echo=lines.append, batch_size=8)
+    m = {"loss": 0.5, "norm_loss": 0.25, "cos": 0.9, "grad_norm": 1.5, "lr": 1e-4,
+         "data_wait": 0.1}
+    logger.log(10, {**m, "clips": 80, "interval_s": 8.0})  # 10 clips/s
+    logger.log(20, {**m, "clips": 80, "interval_s": 2.0})  # 40 clips/s: one fast interval
     logger.close()
-    assert lines[0] == progress_line(10, 100, m)
-    for part in ("step 10/100", "loss 0.5000", "norm 0.2500", "lr 1.00e-04", "12.5 clips/s",
-                 "data wait 10%", "eta 1:02:05"):
-        assert part in lines[0]
     recs = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in recs] == [10, 20] and recs[0]["loss"] == 0.5
-    # A resume at step 10 drops what the killed run logged after its checkpoint.
-    MetricsLogger(tmp_path, 100, resume_step=10, echo=lines.append).close()
+    assert [r["clips_per_s"] for r in recs] == [10.0, 40.0]
+    # The ETA comes from the run's rate (160 clips / 10 s), not the last interval's: 80 steps
+    # x 8 clips / 16 clips/s = 40 s (the last interval alone would say 16 s).
+    assert recs[0]["eta_s"] == pytest.approx(90 * 8 / 10) and recs[1]["eta_s"] == 40.0
+    assert lines[1] == progress_line(20, 100, recs[1], 16.0)
+    for part in ("step 20/100", "loss 0.5000", "nloss 0.2500", "gnorm 1.5", "lr 1.00e-04",
+                 "40.0 clips/s (run 16.0)", "data wait 10%", "eta 0:00:40"):
+        assert part in lines[1], (part, lines[1])
+    # A resume at step 10 drops what the killed run logged after its checkpoint, and the
+    # run's rate goes on from the records it keeps.
+    again = MetricsLogger(tmp_path, 100, resume_step=10, echo=lines.append, batch_size=8)
+    assert again.run.clips_per_s == 10.0
+    again.close()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10]
     assert format_duration(2 * 86400 + 5) == "2d00:00:05"
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])

@@ -217,6 +217,6 @@ def test_two_process_ddp_matches_one_process(store: Path, tmp_path: Path) -> Non
 
 def test_online_targets_run_the_teacher_on_videos(synth_root: Path, tmp_path: Path) -> None:
     cfg = resolve("tiny", SMALL + ["max_steps=2", "batch_size=4", "num_workers=1",
-                                   "targets=online", "teacher_ckpt=random:vit_tiny:0"])
+                                   "targets=online", "teacher=random:vit_tiny:0"])
     res = train(cfg, RunSpec(out=tmp_path, data=synth_root), echo=lambda s: None)
     assert res.step == 2 and all(np.isfinite(res.losses))

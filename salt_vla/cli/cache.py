@@ -6,9 +6,19 @@ from pathlib import Path
 
 import typer
 
-from salt_vla.cli.common import cache_dir_arg, fail, group, main_rank_echo, say, show_resolved
+from salt_vla.cli.common import (
+    cache_dir_arg,
+    deprecated_option,
+    fail,
+    group,
+    main_rank_echo,
+    say,
+    show_resolved,
+)
 from salt_vla.cli.options import (
     DataOpt,
+    TeacherArchOpt,
+    TeacherOpt,
     ViewCropScaleOpt,
     ViewFrameStepOpt,
     ViewHflipOpt,
@@ -43,26 +53,12 @@ def cache_build(
     ),
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split to cache: train, validation, test."),
-    teacher_ckpt: Path | None = typer.Option(
-        None,
-        "--teacher-ckpt",
-        help="VideoMAEv2 checkpoint (.pth/.pt/.safetensors, fine-tuned or distilled encoder, "
-        "e.g. vit_b_k710_dl_from_giant.pth). Its sha256 is recorded in cache.json.",
+    teacher: str | None = TeacherOpt,
+    teacher_ckpt: str | None = typer.Option(
+        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
         show_default=False,
     ),
-    teacher: str | None = typer.Option(
-        None,
-        "--teacher",
-        help="Instead of --teacher-ckpt: 'random:ARCH:SEED', a seeded randomly initialised "
-        "teacher (tests and the demo), e.g. random:vit_tiny:0.",
-        show_default=False,
-    ),
-    teacher_arch: str = typer.Option(
-        "vit_base",
-        "--teacher-arch",
-        help="Architecture of the checkpoint: vit_tiny, vit_small, vit_base, vit_large, "
-        "vit_huge, vit_giant (random: sources name their own).",
-    ),
+    teacher_arch: str | None = TeacherArchOpt,
     layer: int = typer.Option(
         -1, "--layer", help="Block whose tokens are the targets (negative counts from the end)."
     ),
@@ -140,10 +136,10 @@ def cache_build(
     from salt_vla.paths import Resolved, resolve_cache_dir, resolve_data_root
 
     echo, main = main_rank_echo()
-    if (teacher_ckpt is None) == (teacher is None):
-        raise fail("give the teacher as --teacher-ckpt PATH or --teacher random:ARCH:SEED "
-                   "(exactly one)")
-    source = str(teacher_ckpt) if teacher_ckpt is not None else str(teacher)
+    source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
+    if source is None:
+        raise fail("give the teacher: --teacher PATH (a VideoMAEv2 checkpoint, sized by "
+                   "--teacher-arch) or --teacher random:ARCH:SEED")
     spec = ViewSpec.from_preset(
         view_preset, num_frames=num_frames, size=size, sampling=sampling, frame_step=frame_step,
         resize=resize, temporal_jitter=temporal_jitter, crop_scale=crop_scale, hflip=hflip,
@@ -162,7 +158,8 @@ def cache_build(
          f"processes per rank, {dtype}")
     cfg = BuildConfig(
         data_root=root.path, out=out_dir.path, teacher=source, view=spec, split=split,
-        teacher_arch=teacher_arch, layer=layer, target_norm=target_norm, dtype=dtype,
+        teacher_arch=teacher_arch or "vit_base", layer=layer, target_norm=target_norm,
+        dtype=dtype,
         shard_size=shard_size, limit=limit, allow_missing=allow_missing, device=device,
         video_backend=video_backend,
         pipeline=PipelineConfig(batch_size=batch_size, workers=n_workers,
@@ -188,7 +185,7 @@ def cache_build(
 def cache_verify(
     directory: Path | None = typer.Argument(
         None,
-        metavar="[DIR]",
+        metavar="DIR",
         help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
         show_default=False,
     ),
@@ -199,12 +196,18 @@ def cache_verify(
         "--recompute",
         help="Also re-run the teacher on K random rows' stored frames and compare with their "
         "latents (needs a random: teacher or its checkpoint at the recorded path or "
-        "--teacher-ckpt).",
+        "--teacher).",
     ),
-    teacher_ckpt: Path | None = typer.Option(
+    teacher: str | None = typer.Option(
         None,
-        "--teacher-ckpt",
-        help="Checkpoint for --recompute when it moved since the build (sha256 must match).",
+        "--teacher",
+        metavar="PATH",
+        help="Teacher checkpoint for --recompute when it moved since the build (its sha256 "
+        "must match the recorded one).",
+        show_default=False,
+    ),
+    teacher_ckpt: str | None = typer.Option(
+        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
         show_default=False,
     ),
     quick: bool = typer.Option(
@@ -221,6 +224,7 @@ def cache_verify(
     from salt_vla.cache.verify import verify_store
 
     root = cache_dir_arg(directory, data, split)
+    source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
 
     def tick(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -228,7 +232,7 @@ def cache_verify(
             if done == total:
                 sys.stderr.write("\n")
 
-    report = verify_store(root, quick=quick, recompute=recompute, teacher_ckpt=teacher_ckpt,
+    report = verify_store(root, quick=quick, recompute=recompute, teacher_ckpt=source,
                           device=device, seed=seed, progress=tick)
     say(report.table())
     for note in report.notes:
@@ -250,7 +254,7 @@ def cache_verify(
 def cache_info(
     directory: Path | None = typer.Argument(
         None,
-        metavar="[DIR]",
+        metavar="DIR",
         help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
         show_default=False,
     ),

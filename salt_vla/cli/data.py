@@ -81,6 +81,7 @@ def data_synth(
     """Generate a synthetic SSv2-style dataset (see the command's help)."""
     from salt_vla.data.synth import (
         SynthConfig,
+        check_splits_filled,
         generate_dataset,
         parse_range,
         parse_size,
@@ -96,6 +97,7 @@ def data_synth(
         seed=seed, splits=parse_splits(splits), background=background,
         distractors=parse_range("--distractors", distractors),
     )
+    check_splits_filled(cfg)
     out = out.expanduser().resolve()
     say(f"out: {out}  (from OUT)")
     say(f"config: {videos} videos, {classes} classes, {frames} frames of {height}x{width} at "

@@ -47,9 +47,9 @@ def eval_probe(
     view_preset: str | None = typer.Option(
         None,
         "--view-preset",
-        help="View preset for the clips' pixels (see salt_vla/data/view.py VIEW_PRESETS, e.g. "
-        "ssv2-16x224, tiny-8x64). Default: the run's own view; random: and teacher:PATH "
-        "encoders have none, so they need it.",
+        help="View preset for the clips' pixels, as for `salt cache build --view-preset`: "
+        "ssv2-16x224, ssv2-16x224-mv4, vjepa-16x224-s4, tiny-8x64, tiny-8x64-mv2. Default: the "
+        "run's own view; random: and teacher:PATH encoders have none, so they need it.",
         show_default=False,
     ),
     probe: str = typer.Option(

@@ -22,15 +22,17 @@ SWEEP_HELP = (
 STATUS_HELP = (
 "Is a run alive? For a run directory: alive/stalled/dead/finished (from its "
     "heartbeat.json: pid alive on this host and heartbeat fresh), step/total, last and "
-    "smoothed losses, clips/s, ETA, last checkpoint, peak GPU memory. For a sweep directory: "
+    "smoothed losses, clips/s over the run (clips trained / wall time of its logged "
+    "intervals), ETA at that rate, last checkpoint, peak GPU memory. For a sweep directory: "
     "every stage, its decision and whether the sweep process runs. A folder of runs: each. "
     "Exit code: 0 healthy (running, or finished with finite losses); 1 stalled, dead, failed, "
     "stopped or a sweep that stopped early; 2 ended with a non-finite loss."
 )
 REPORT_HELP = (
 "Compare runs: a Markdown table (config differences, best and final smoothed "
-    "normalised loss, probe top-1 from RUN/probe*.json, median clips/s, peak GPU memory) and "
-    "PNG plots of loss, normalised loss and learning rate vs step for all runs on shared axes, "
+    "normalised loss, probe top-1 from RUN/probe*.json, each run's clips/s over its training "
+    "time as `salt status` shows it, peak GPU memory) and PNG plots of loss, normalised "
+    "loss and learning rate vs step for all runs on shared axes, "
     "written beside the report as <stem>-loss.png, <stem>-norm_loss.png, <stem>-lr.png."
 )
 EXPORT_HELP = (
@@ -121,7 +123,7 @@ def sweep_cmd(
 
 def status_cmd(
     path: Path = typer.Argument(
-        Path("runs"), help="RUN_DIR, SWEEP_DIR, or a folder of either.",
+        Path("runs"), metavar="PATH", help="RUN_DIR, SWEEP_DIR, or a folder of either.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts)."),
     stall_after: float | None = typer.Option(
@@ -146,7 +148,8 @@ def status_cmd(
 
 def report_cmd(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories to compare; a sweep directory stands for all its runs.",
+        ..., metavar="PATH", help="What to compare, as `salt status` takes it: run "
+        "directories, sweep directories (all their runs) or folders of either.",
         show_default=False,
     ),
     out: Path = typer.Option(Path("report.md"), "--out", help="Markdown file to write."),

@@ -117,11 +117,11 @@ def _provenance(state: dict[str, Any], cfg: Any, ckpt: Path, ckpt_sha: str, run_
         teacher_rec = {k: teacher.get(k) for k in ("arch", "checkpoint", "sha256", "layer",
                                                    "target_norm", "dim")}
     elif targets == "online":  # the config names the checkpoint; hash it if it is here
-        source = str(teacher or cfg.teacher_ckpt)
+        source = str(teacher or cfg.teacher)
         path = Path(source).expanduser()
         sha = (source if source.startswith("random:")
                else file_sha256(path) if path.is_file() else None)
-        teacher_rec = {"arch": cfg.teacher, "checkpoint": source, "sha256": sha,
+        teacher_rec = {"arch": cfg.teacher_arch, "checkpoint": source, "sha256": sha,
                        "layer": cfg.teacher_layer, "target_norm": cfg.target_norm}
     return {
         "run_dir": str(run_dir.resolve()),

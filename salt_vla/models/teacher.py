@@ -120,6 +120,12 @@ def resolve_layer(layer: int, depth: int, arch: str = "") -> int:
     return layer % depth
 
 
+def is_random_source(source: str | Path) -> bool:
+    """Whether ``source`` means a random teacher (``random``, ``random:...``), so that a bare
+    or malformed ``random`` gets the ``random:ARCH:SEED`` usage, not "file not found"."""
+    return str(source).split(":", 1)[0] == "random"
+
+
 def parse_random_source(source: str) -> tuple[str, int]:
     """``"random:ARCH:SEED"`` -> ``(arch, seed)``; raises ValueError naming the fix."""
     parts = source.split(":")
@@ -412,8 +418,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
     hints: list[str] = []
     if matches and spec.arch not in matches:
         hints.append(
-            f"is this a VideoMAEv2 {matches[0]} checkpoint? try "
-            f"TeacherSpec(arch={matches[0]!r}) (--teacher-arch {matches[0]})"
+            f"is this a VideoMAEv2 {matches[0]} checkpoint? try --teacher-arch {matches[0]} "
+            f"(teacher_arch={matches[0]} in a training config)"
         )
     elif not matches:
         hints.append(f"no known arch has that shape; known: {list(ARCHS)}")
@@ -452,7 +458,7 @@ def load_teacher(
     """
     spec = spec or TeacherSpec()
     name = str(source)
-    if name.startswith(RANDOM_PREFIX):
+    if is_random_source(name):
         arch, seed = parse_random_source(name)
         if arch != spec.arch:
             spec = replace(spec, arch=arch)

@@ -3,7 +3,9 @@ written and read in one place.
 
     RUN_DIR/
       config.json            the resolved config (under ``"config"``) and the run's facts: task,
-                             data source, world size, total steps, versions (write_run_config)
+                             data source, inputs (absolute --cache/--data, split), world size,
+                             total steps and schedule legs, argv, cwd, package version, git
+                             commit, torch version, host (write_run_config)
       metrics.jsonl          one JSON object a line: logged steps (with ``loss``) and one-off
                              events (with ``event``); written by the trainer's MetricsLogger
                              (an older run's log, kept by a fresh start: metrics.<time>.jsonl)
@@ -28,6 +30,9 @@ JSONL lines, no heartbeat yet) and strict where guessing would mislead.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +104,49 @@ def write_run_config(run_dir: Path | str, cfg: Any, extra: dict[str, Any]) -> Pa
     return write_json_atomic(Path(run_dir) / CONFIG_NAME, {"config": cfg.to_dict(), **extra})
 
 
+# The command that trains each kind of run (config.json's ``task``), for hints that must work
+# as printed.
+TRAIN_COMMANDS = {"salt": "salt train", "teacher": "salt teacher train"}
+
+
+def resume_command(run_dir: Path | str, task: str | None = None) -> str:
+    """The command that continues the run in ``run_dir`` with its saved config."""
+    train = TRAIN_COMMANDS.get(task or "salt", TRAIN_COMMANDS["salt"])
+    return f"{train} --out {shlex.quote(str(run_dir))} --resume"
+
+
+def git_state(where: Path | str) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout holding ``where`` (the package's
+    source), or None when there is none: no checkout, no git on PATH, git failing or slow.
+    Recording provenance must never stop a run, so nothing here raises."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(where), *args], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def saved_inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run read, as config.json's ``inputs`` records it: ``cache`` and ``data``
+    (absolute paths or None) and ``split``; for runs written before it was recorded, what
+    their ``data`` entry names (possibly relative), else ``{}``."""
+    inputs = meta.get("inputs")
+    if isinstance(inputs, dict):
+        return inputs
+    data = meta.get("data")  # older runs: what the data source described
+    if isinstance(data, dict) and data.get("targets") in ("cached", "online", "pixels"):
+        return {k: data.get(k) for k in ("cache", "data", "split") if data.get(k)}
+    return {}
+
+
 def read_run_config(run_dir: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(config, meta)`` of ``run_dir/config.json``: the config dict under ``"config"`` and
     the rest; ``({}, {})`` when the run has no config.json yet. A file that is there but not
@@ -166,6 +214,46 @@ def metric_values(records: list[dict[str, Any]], key: str) -> list[tuple[int, fl
 def loss_curve(run_dir: Path | str, key: str = "loss") -> list[tuple[int, float]]:
     """``(step, value)`` of ``key`` (default the loss) logged in a run's metrics.jsonl."""
     return metric_values(read_metrics(Path(run_dir) / METRICS_NAME), key)
+
+
+# --- throughput: one definition for the console line, `salt status` and `salt report` ------
+
+CLIPS_KEY = "clips"  # clips trained in a logged interval (all processes)
+INTERVAL_KEY = "interval_s"  # wall seconds of that interval
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Clips trained over the wall time they took, summed over logged intervals.
+
+    An interval runs from one logged record to the next (the first from the session's first
+    step); its wall time includes waiting for data, the optimiser step and checkpoint
+    writes. Start-up before a session's first step (building the models, opening the store)
+    and the time between a stop and its resumption are in no interval."""
+
+    clips: int
+    seconds: float
+
+    @property
+    def clips_per_s(self) -> float | None:
+        return self.clips / self.seconds if self.clips and self.seconds > 0 else None
+
+    def eta_s(self, clips_left: int) -> float | None:
+        """Seconds to train ``clips_left`` more clips at this rate."""
+        rate = self.clips_per_s
+        return max(0, clips_left) / rate if rate else None
+
+
+def throughput(records: Iterable[dict[str, Any]]) -> Throughput:
+    """The :class:`Throughput` of the logged records that carry ``clips`` and
+    ``interval_s`` (one record: that interval's rate; a run's records: the run's rate)."""
+    clips, seconds = 0, 0.0
+    for r in records:
+        c, t = r.get(CLIPS_KEY), r.get(INTERVAL_KEY)
+        if isinstance(c, (int, float)) and isinstance(t, (int, float)) and t > 0:
+            clips += int(c)
+            seconds += float(t)
+    return Throughput(clips, seconds)
 
 
 # --- heartbeat.json ------------------------------------------------------------------------

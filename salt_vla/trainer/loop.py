@@ -18,22 +18,33 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from salt_vla import __version__
 from salt_vla import distributed as dist_utils
 from salt_vla.errors import ConfigError, SaltError
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.paths import absolute
 from salt_vla.runs.heartbeat import Heartbeat
-from salt_vla.runs.rundir import checkpoint_path, nonfinite_path, write_run_config
+from salt_vla.runs.rundir import (
+    CLIPS_KEY,
+    INTERVAL_KEY,
+    checkpoint_path,
+    git_state,
+    nonfinite_path,
+    resume_command,
+    write_run_config,
+)
 from salt_vla.trainer.build import mask_config
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
@@ -52,7 +63,7 @@ from salt_vla.trainer.data import (
     shm_free_bytes,
 )
 from salt_vla.trainer.interrupt import StopRequest
-from salt_vla.trainer.loop_config import LoopConfig, diff
+from salt_vla.trainer.loop_config import EXTEND_KEYS, RESUME_KEYS, LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
 from salt_vla.trainer.optim import build_optimizer, set_schedules
 from salt_vla.trainer.sources import DataSources
@@ -68,7 +79,8 @@ class RunSpec:
     """Where a run reads and writes.
 
     ``resume``: None (refuse a run dir that already has a checkpoint), ``"auto"`` (resume if
-    there is one), ``"yes"`` (there must be one) or a checkpoint file path.
+    there is one), ``"yes"`` (there must be one) or a checkpoint file path. ``command``: the
+    command line that started this session (recorded in config.json).
     """
 
     out: Path
@@ -77,6 +89,18 @@ class RunSpec:
     split: str = "train"
     resume: str | None = None
     wandb: str = "disabled"
+    command: tuple[str, ...] = ()
+
+    def absolute(self) -> RunSpec:
+        """The same spec with absolute paths, so config.json works from any directory."""
+        def opt(p: Path | None) -> Path | None:
+            return None if p is None else absolute(p)
+
+        resume = self.resume
+        if resume not in (None, "auto", "yes"):
+            resume = str(absolute(str(resume)))
+        return replace(self, out=absolute(self.out), cache=opt(self.cache),
+                       data=opt(self.data), resume=resume)
 
 
 @dataclass
@@ -117,6 +141,32 @@ def find_resume(run: RunSpec) -> Path | None:
     return path
 
 
+def schedule_legs(
+    state: dict[str, Any], total: int, resume_from: Path | None, cfg: LoopConfig
+) -> list[tuple[int, int]]:
+    """The schedule legs (``schedules.py``) of a resumed run: its checkpoint's, plus one from
+    the resumed step when a longer ``epochs``/``max_steps`` grew the run's total (the rest of
+    each cosine is stretched over the new total). A shorter total, or a length key changed to
+    no effect, is refused: the schedule of the steps already taken cannot be undone."""
+    saved_total, step = int(state["total_steps"]), int(state["step"])
+    legs = [(int(a), int(b)) for a, b in state.get("schedule") or [(0, saved_total)]]
+    if total == saved_total:
+        saved = type(cfg).from_dict(state["config"])
+        moved = [f"{k}: {getattr(saved, k)} -> {getattr(cfg, k)}" for k in sorted(EXTEND_KEYS)
+                 if getattr(saved, k) != getattr(cfg, k)]
+        if moved:
+            raise ConfigError(
+                f"{', '.join(moved)} leaves the run at {total} steps (max_steps > 0 sets the "
+                "length, else epochs): to extend it raise the one that counts")
+        return legs
+    if total < saved_total:
+        raise ConfigError(
+            f"{resume_from} is a run of {saved_total} steps and this config makes it {total}: "
+            "a resumed run can only be extended (a longer epochs or max_steps); to stop it "
+            "early, --set stop_at=N")
+    return legs + [(step, total)]
+
+
 def autocast_for(cfg: LoopConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (weights stay fp32), nothing on CPU."""
     if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
@@ -139,7 +189,8 @@ def train(
     ``run``; ``task`` says what is trained (see ``task.py``)."""
     info = dist_utils.setup_distributed(cfg.device)
     try:
-        return _train(cfg, run, sources, echo if info.is_main else (lambda s: None), info, task)
+        return _train(cfg, run.absolute(), sources, echo if info.is_main else (lambda s: None),
+                      info, task)
     finally:
         dist_utils.teardown_distributed()
 
@@ -158,16 +209,18 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # --- resume: the checkpoint fixes the config (runtime-only keys may change)
+    # --- resume: the checkpoint fixes the config (runtime keys may change, the length grow)
     resume_from = find_resume(run)
     state = load_checkpoint(resume_from) if resume_from else None
     if state is not None:
         saved = task.config_type.from_dict(state["config"])
-        changed = diff(saved, cfg)
+        changed = diff(saved, cfg, RESUME_KEYS)
         if changed:
             raise ConfigError(
                 f"{resume_from} was trained with a different config ({'; '.join(changed)}); "
-                "resume with the same --exp/--set, or start a new run with another --out"
+                f"resume without --exp/--config to continue with its saved config "
+                f"(`{resume_command(run_dir, task.name)}`; --set may then change runtime keys "
+                "and extend epochs/max_steps), or start a new run with another --out"
             )
 
     # --- data: store (or videos for online targets), checked against the config
@@ -186,6 +239,7 @@ def _train(
             f"{resume_from} was trained on {state['data']['num_rows']} rows but the data now "
             f"has {len(rows)}; resume needs the same store (and limit_rows)"
         )
+    legs = schedule_legs(state, total, resume_from, cfg) if state is not None else [(0, total)]
 
     # --- models: same init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
@@ -234,15 +288,20 @@ def _train(
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg, {
-            "task": task.name, "data": sources.describe, "world_size": info.world_size,
-            "device": str(device),
-            "micro_batch": layout.micro_batch, "total_steps": total, "rows": len(rows),
+            "task": task.name, "data": sources.describe,
+            "inputs": {"cache": run.cache and str(run.cache), "data": run.data and str(run.data),
+                       "split": run.split},
+            "world_size": info.world_size, "device": str(device),
+            "micro_batch": layout.micro_batch, "total_steps": total,
+            "schedule": [list(leg) for leg in legs], "rows": len(rows),
             "loader": {"workers": workers, "decode_threads": threads},
+            "argv": list(run.command), "cwd": os.getcwd(), "version": __version__,
+            "git": git_state(Path(__file__).resolve().parent),
             "torch": torch.__version__, "host": platform.node(),
         })
         logger = MetricsLogger(
             run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
-            resume_step=start_step, echo=echo,
+            resume_step=start_step, echo=echo, batch_size=cfg.batch_size,
         )
         heartbeat = Heartbeat(run_dir, total)
         heartbeat.start(start_step)
@@ -260,6 +319,7 @@ def _train(
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "total_steps": total,
+                "schedule": [list(leg) for leg in legs],
                 "config": cfg.to_dict(),
                 "rng": rngs,
                 "world_size": info.world_size,
@@ -269,8 +329,9 @@ def _train(
         return path
 
     result = TrainResult(run_dir, start_step, start_step, total)
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, normalised loss, cosine since last log
-    n_logged, nonfinite = 0, 0
+    # loss, normalised loss, cosine, pre-clip gradient norm: sums since the last log
+    sums = torch.zeros(4, dtype=torch.float64)
+    n_logged, nonfinite, logged_at = 0, 0, start_step
     feeder = None
     model.train()
     try:
@@ -279,7 +340,7 @@ def _train(
         t_last, wait = time.perf_counter(), 0.0
         with StopRequest() as stop:
             for step in range(start_step, end):
-                lr, wd = set_schedules(optimizer, step, total, cfg)
+                lr, wd = set_schedules(optimizer, step, total, cfg, legs)
                 stats = torch.zeros(3, device=device)
                 for micro in range(cfg.grad_accum):
                     t0 = time.perf_counter()
@@ -296,8 +357,8 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 )
-                values = stats.tolist()
-                ok = math.isfinite(values[0]) and bool(torch.isfinite(grad_norm).item())
+                values = stats.tolist() + [float(grad_norm)]
+                ok = math.isfinite(values[0]) and math.isfinite(values[3])
                 # One collective: every rank takes the same skip / stop branch.
                 finite, go_on = dist_utils.all_min([int(ok), int(not stop.requested)], info)
                 done = step + 1
@@ -335,18 +396,19 @@ def _train(
                     if logger:
                         record = {
                             "loss": means[0], "norm_loss": means[1], "cos": means[2],
-                            "lr": lr, "wd": wd, "grad_norm": float(grad_norm),
+                            "grad_norm": means[3], "lr": lr, "wd": wd,
                             "epoch": round(layout.epoch_at(done), 4),
-                            "clips_per_s": cfg.batch_size * n_logged / elapsed,
+                            # every step of the interval, skipped ones too, took its time
+                            CLIPS_KEY: cfg.batch_size * (done - logged_at),
+                            INTERVAL_KEY: elapsed,
                             "data_wait": min(wait / elapsed, 1.0),
-                            "eta_s": (total - done) * elapsed / n_logged,
                             "skipped": nonfinite,
                         }
                         if device.type == "cuda":
                             record["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                         logger.log(done, record)
                     sums.zero_()
-                    n_logged, t_last, wait = 0, now, 0.0
+                    n_logged, t_last, wait, logged_at = 0, now, 0.0, done
                 if done % cfg.ckpt_every == 0 or done == end or not go_on:
                     result.checkpoint = checkpoint(done, checkpoint_path(run_dir))
                     if heartbeat:
@@ -355,7 +417,7 @@ def _train(
                     if logger:
                         logger.event(done, f"{stop.signal_name or 'signal'} received: stopped "
                                      f"at step {done}/{total} with a checkpoint; continue with "
-                                     "--resume")
+                                     f"`{resume_command(run_dir, task.name)}`")
                     break
         finished = result.step == total
         if logger:

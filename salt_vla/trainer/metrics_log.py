@@ -2,6 +2,18 @@
 (when enabled). Only rank 0 constructs a logger. The file's name, reader and resume
 truncation are the run-directory contract's (:mod:`salt_vla.runs.rundir`); this is its writer.
 
+The console line::
+
+    step 120/1000 | loss 0.4123 | nloss 0.6210 | cos 0.512 | gnorm 1.84 | lr 2.9e-04 |
+    41.3 clips/s (run 40.8) | data wait 3% | eta 0:06:12
+
+``loss`` is the mean over the interval's steps, ``nloss`` the normalised loss (loss / the loss
+of predicting the mean target; 1.0 = no better than the mean), ``cos`` the cosine between
+predictions and targets, ``gnorm`` the mean total gradient norm before clipping. Throughput
+is the interval's clips over its wall time, then the run's (the same figure `salt status` and
+`salt report` show: :func:`~salt_vla.runs.rundir.throughput`); the ETA is the steps left at
+the run's rate, so it does not swing with one slow interval.
+
 wandb mode: ``--wandb online|offline|disabled``; without the option it is disabled unless
 ``WANDB_MODE`` or ``WANDB_API_KEY`` is set (then wandb's own environment rules apply).
 Offline mode writes under the run directory and needs no network.
@@ -19,7 +31,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from salt_vla.errors import ConfigError
-from salt_vla.runs.rundir import METRICS_NAME, WANDB_ID_NAME, truncate_metrics
+from salt_vla.runs.rundir import (
+    METRICS_NAME,
+    WANDB_ID_NAME,
+    Throughput,
+    read_metrics,
+    throughput,
+    truncate_metrics,
+)
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -52,12 +71,18 @@ def format_duration(seconds: float) -> str:
     return (f"{days}d{h:02d}:{m:02d}:{s:02d}" if days else f"{h}:{m:02d}:{s:02d}")
 
 
-def progress_line(step: int, total: int, m: dict[str, Any]) -> str:
-    """The console line: step/total, loss, normalised loss, lr, clips/s, data wait, ETA."""
+def _rate(v: float | None) -> str:
+    return "?" if v is None else f"{v:.1f}"
+
+
+def progress_line(step: int, total: int, m: dict[str, Any], run_rate: float | None) -> str:
+    """The console line (see the module docstring); ``run_rate``: the run's clips/s."""
+    gnorm = m.get("grad_norm")
     return (
-        f"step {step}/{total} | loss {m['loss']:.4f} | norm {m['norm_loss']:.4f} | "
-        f"cos {m['cos']:.3f} | lr {m['lr']:.2e} | {m['clips_per_s']:.1f} clips/s | "
-        f"data wait {100 * m['data_wait']:.0f}% | eta {format_duration(m['eta_s'])}"
+        f"step {step}/{total} | loss {m['loss']:.4f} | nloss {m['norm_loss']:.4f} | "
+        f"cos {m['cos']:.3f} | gnorm {'?' if gnorm is None else f'{gnorm:.3g}'} | "
+        f"lr {m['lr']:.2e} | {_rate(m.get('clips_per_s'))} clips/s (run {_rate(run_rate)}) | "
+        f"data wait {100 * m['data_wait']:.0f}% | eta {format_duration(m.get('eta_s', math.nan))}"
     )
 
 
@@ -75,13 +100,17 @@ class MetricsLogger:
         resume_step: int = 0,
         echo: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
+        batch_size: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
+        self.batch_size = batch_size  # clips per step, for the ETA
         self.path = self.run_dir / METRICS_NAME
         self.echo = echo or (lambda s: print(s, file=stream or sys.stdout, flush=True))
+        self.run = Throughput(0, 0.0)  # the run's so far, earlier sessions included
         if resume_step:
             truncate_metrics(self.path, resume_step)
+            self.run = throughput(read_metrics(self.path))
         elif self.path.exists():
             # A fresh run in a directory whose earlier run left no checkpoint: keep its log.
             self.path.rename(self.path.with_suffix(f".{int(time.time())}.jsonl"))
@@ -101,11 +130,22 @@ class MetricsLogger:
             )
 
     def log(self, step: int, metrics: dict[str, Any], console: bool = True) -> None:
-        """Record ``metrics`` for optimiser step ``step`` (1-based count of steps done)."""
+        """Record ``metrics`` for optimiser step ``step`` (1-based count of steps done).
+
+        An interval's ``clips`` and ``interval_s`` give its ``clips_per_s`` and add to the
+        run's throughput, whose rate gives ``eta_s`` (both filled in here)."""
         rec = {"step": step, "time": round(time.time(), 3), **metrics}
+        interval = throughput([rec])
+        if interval.clips:
+            self.run = Throughput(self.run.clips + interval.clips,
+                                  self.run.seconds + interval.seconds)
+            rec["clips_per_s"] = interval.clips_per_s
+            eta = self.run.eta_s((self.total_steps - step) * self.batch_size)
+            if eta is not None:
+                rec["eta_s"] = eta
         self._file.write(json.dumps(rec) + "\n")
         if console and "loss" in metrics:
-            self.echo(progress_line(step, self.total_steps, metrics))
+            self.echo(progress_line(step, self.total_steps, rec, self.run.clips_per_s))
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if _is_number(v)}, step=step)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from salt_vla.models.student import split_weight_decay
 from salt_vla.trainer.loop_config import LoopConfig
-from salt_vla.trainer.schedules import lr_at, weight_decay_at
+from salt_vla.trainer.schedules import Legs, lr_at, weight_decay_at
 
 
 def build_optimizer(
@@ -39,11 +39,13 @@ def build_optimizer(
 
 
 def set_schedules(
-    optimizer: torch.optim.Optimizer, step: int, total: int, cfg: LoopConfig
+    optimizer: torch.optim.Optimizer, step: int, total: int, cfg: LoopConfig,
+    legs: Legs | None = None,
 ) -> tuple[float, float]:
-    """Set every group's lr and weight decay for optimiser step ``step``; returns both."""
-    lr = lr_at(step, total, cfg.warmup_steps, cfg.lr, cfg.min_lr)
-    wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end)
+    """Set every group's lr and weight decay for optimiser step ``step``; returns both
+    (``legs``: an extended run's schedule legs, see ``schedules.py``)."""
+    lr = lr_at(step, total, cfg.warmup_steps, cfg.lr, cfg.min_lr, legs)
+    wd = weight_decay_at(step, total, cfg.weight_decay, cfg.weight_decay_end, legs)
     for group in optimizer.param_groups:
         group["lr"] = lr
         group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0

@@ -114,14 +114,14 @@ def open_videos(cfg: TrainConfig, data_root: Path | str, split: str) -> DataSour
         from salt_vla.models.teacher import TeacherSpec, load_teacher
 
         tspec = TeacherSpec(
-            arch=cfg.teacher, num_frames=spec.num_frames, img_size=spec.size,
+            arch=cfg.teacher_arch, num_frames=spec.num_frames, img_size=spec.size,
             tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.teacher_layer,
             target_norm=cfg.target_norm,
         )
-        teacher = load_teacher(cfg.teacher_ckpt, tspec, device=device)
+        teacher = load_teacher(cfg.teacher, tspec, device=device)
         if teacher.dim != cfg.teacher_dim:
             raise ConfigError(
-                f"teacher {cfg.teacher_ckpt} has width {teacher.dim}, config teacher_dim="
+                f"teacher {cfg.teacher} has width {teacher.dim}, config teacher_dim="
                 f"{cfg.teacher_dim}; set --set teacher_dim={teacher.dim}"
             )
         return teacher
@@ -134,7 +134,7 @@ def open_videos(cfg: TrainConfig, data_root: Path | str, split: str) -> DataSour
         img_size=spec.size,
         grid=config_grid(cfg),
         describe={"targets": "online", "data": str(data_root), "split": split,
-                  "teacher": cfg.teacher_ckpt, "view": cfg.view},
+                  "teacher": cfg.teacher, "view": cfg.view},
         teacher_factory=make_teacher,
     )
 

@@ -46,7 +46,7 @@ class TeacherExport:
 
     def cache_command(self, data_root: str = "DATA_ROOT") -> str:
         """The `salt cache build` line that turns this teacher into a latent store."""
-        return (f"salt cache build {data_root} --teacher-ckpt {self.path} --teacher-arch "
+        return (f"salt cache build {data_root} --teacher {self.path} --teacher-arch "
                 f"{self.spec.arch} --view-preset {self.view}")
 
 
