@@ -14,6 +14,7 @@ written and read in one place.
       decode_failures.jsonl  videos a stage-1 run could not decode
       probe*.json            probe results (`salt eval probe`; schema in eval/probe_run.py)
       intphys.json           the intuitive-physics result (`salt eval intphys`)
+      intphys-control.json   the same for the run's architecture at random init (--random-init)
       encoder.safetensors    `salt export`'s default output (with ``encoder.json``)
       teacher.pth            `salt teacher export`'s default output
       train.log, probe.log   output of the processes a sweep launches
@@ -43,6 +44,7 @@ FAILURES_NAME = "decode_failures.jsonl"
 PROBE_NAME = "probe.json"  # `salt eval probe RUN_DIR`'s default (attentive probe)
 PROBE_GLOB = "probe*.json"  # every probe result of a run (other kinds, the teacher's)
 INTPHYS_NAME = "intphys.json"
+INTPHYS_CONTROL_NAME = "intphys-control.json"  # the random-init control (chance level)
 ENCODER_NAME = "encoder.safetensors"
 TEACHER_EXPORT_NAME = "teacher.pth"
 WANDB_ID_NAME = "wandb_id.txt"
