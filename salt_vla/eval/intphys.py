@@ -384,9 +384,10 @@ def _echo_setup(echo: Callable[[str], None], trained: Any, source: Any, model: S
          f"frame step {cfg.frame_step or 'auto'}; stride {cfg.stride}; device {dev}")
     split = f", split {bench.split}" if bench.split else ""
     filters = f", filters {bench.filters}" if bench.filters else ""
-    echo(f"data: {bench.source} ({bench.format}{split}{filters}): {len(bench.scenes)} scenes, "
-         f"{len(bench.videos)} videos, {len(bench.pairs)} pairs, "
-         f"{len(bench.quadruplets)} quadruplets")
+    counts = (f"{len(bench.scenes)} scenes, {len(bench.videos)} videos, {len(bench.pairs)} "
+              f"pairs, {len(bench.quadruplets)} quadruplets" if bench.format == "intphys2" else
+              f"{len(bench.pairs)} pairs, {len(bench.videos)} videos")
+    echo(f"data: {bench.source} ({bench.format}{split}{filters}): {counts}")
     if bench.filtered_out:
         echo(f"  {bench.filtered_out} complete scenes left out by the filters")
     if bench.problems:
