@@ -124,8 +124,9 @@ def iter_windows(
     threads: int = 1,
     stats: ChunkStats | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield the frames of ``windows`` (lists of frame indices, repeats allowed) in batches:
-    arrays ``[<= batch, T, ...]`` of ``transform(frame)`` (uint8 ``[H, W, 3]`` when None).
+    """Yield the frames of ``windows`` (equal-length lists of frame indices, any order within
+    a window, repeats allowed) in batches: arrays ``[<= batch, T, ...]`` of
+    ``transform(frame)`` (uint8 ``[H, W, 3]`` when None).
 
     Windows come out in the order given; memory stays bounded when they are given in order
     of their first frame (sliding windows are). ``table``: a :func:`scan_video` result to
