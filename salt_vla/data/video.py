@@ -1,4 +1,5 @@
-"""Video file I/O: decoding frames by index (decord or PyAV) and writing VP9 ``.webm``.
+"""Video file I/O: decoding frames by index (decord or PyAV); writing VP9 ``.webm`` and
+H.264 ``.mp4``.
 
 Frame ``i`` of a video is the ``i``-th frame in presentation order. Both backends count
 frames the same way, from the container's packets (one packet per displayed frame), never
@@ -59,26 +60,65 @@ def write_webm(
     H and W must be even (yuv420p). ``keyframe_interval`` (default: the encoder's own) forces
     a keyframe every that many frames, so tests can exercise the decoders' seeking.
     """
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"VP9/yuv420p needs even sizes, got {h}x{w}")
-    path = Path(path)
-    with av.open(str(path), mode="w", format="webm") as container:
-        stream = container.add_stream("libvpx-vp9", rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        stream.thread_count = 1
+
+    def configure(stream: av.VideoStream) -> None:
         if keyframe_interval is not None:
             stream.codec_context.gop_size = keyframe_interval
         stream.options = {"crf": str(crf), "deadline": "realtime", "cpu-used": "8"}
-        for i in range(t):
+
+    _write(path, frames, "webm", "libvpx-vp9", fps, configure)
+
+
+def write_mp4(
+    path: Path | str,
+    frames: np.ndarray,
+    fps: int = 12,
+    crf: int = 20,
+    keyframe_interval: int | None = None,
+    bframes: int = 0,
+) -> None:
+    """Write uint8 ``[T, H, W, 3]`` RGB frames as an H.264 ``.mp4`` (libx264, yuv420p), the
+    container and codec of benchmarks such as IntPhys 2.
+
+    One thread and no look-ahead (``tune=zerolatency``) so the same frames always give the
+    same bytes and frame ``i`` is encoded from frames ``<= i`` only. ``bframes`` > 0 adds
+    B-frames (decode order then differs from display order, as in most downloaded mp4s);
+    ``keyframe_interval`` forces a keyframe every that many frames (for seeking tests).
+    """
+    params = f"bframes={int(bframes)}:threads=1" + (
+        f":keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"
+        if keyframe_interval else "")
+    options = {"crf": str(crf), "preset": "veryfast", "x264-params": params}
+    if bframes == 0:
+        options["tune"] = "zerolatency"
+
+    def configure(stream: av.VideoStream) -> None:
+        stream.options = options
+
+    _write(path, frames, "mp4", "libx264", fps, configure)
+
+
+def _write(path: Path | str, frames: np.ndarray, container_format: str, codec: str, fps: int,
+           configure: Callable[[av.VideoStream], None]) -> None:
+    """Encode RGB ``frames`` as yuv420p with one encoder thread; ``configure`` sets the
+    codec's options on the stream before the first frame."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{codec}/yuv420p needs even sizes, got {h}x{w}")
+    with av.open(str(Path(path)), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        stream.thread_count = 1
+        configure(stream)
+        for i in range(len(frames)):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
-        for packet in stream.encode():
+        for packet in stream.encode():  # flush the encoder's delayed frames
             container.mux(packet)
 
 

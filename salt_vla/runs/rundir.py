@@ -16,6 +16,7 @@ written and read in one place.
       decode_failures.jsonl  videos a stage-1 run could not decode
       probe*.json            probe results (`salt eval probe`; schema in eval/probe_run.py)
       intphys.json           the intuitive-physics result (`salt eval intphys`)
+      intphys-control.json   the same for the run's architecture at random init (--random-init)
       encoder/               `salt export`'s default output: model.safetensors, config.json,
                              README.md (an exported encoder; docs/export.md)
       teacher.pth            `salt teacher export`'s default output
@@ -49,6 +50,7 @@ FAILURES_NAME = "decode_failures.jsonl"
 PROBE_NAME = "probe.json"  # `salt eval probe RUN_DIR`'s default (attentive probe)
 PROBE_GLOB = "probe*.json"  # every probe result of a run (other kinds, the teacher's)
 INTPHYS_NAME = "intphys.json"
+INTPHYS_CONTROL_NAME = "intphys-control.json"  # the random-init control (chance level)
 ENCODER_NAME = "encoder"  # `salt export`'s default output directory, inside the run
 EXPORT_WEIGHTS_NAME = "model.safetensors"  # what makes a directory an exported encoder
 TEACHER_EXPORT_NAME = "teacher.pth"
