@@ -434,7 +434,17 @@ def test_stage1_teacher_on_a_download_layout_then_build_at_its_view(
     assert not out.exists()
     res = _cache_cli(*base, "--out", str(out))
     assert res.exit_code == 0, res.output
+    assert "data: train: layout SSv2 download, something-something-v2-*.json" in res.output
     assert "teacher record:" in res.output and "view tiny-8x64 (the teacher's" in res.output
     meta = json.loads((out / "cache.json").read_text())
     assert meta["view"]["hash"] == VIEW_PRESETS["tiny-8x64"].hash()
     assert meta["teacher"]["arch"] == "vit_tiny" and meta["latents"]["shape"] == [4, 64, 192]
+
+
+def test_readme_size_table_is_the_dry_run_arithmetic() -> None:
+    from salt_vla.cache.estimate import size_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [line for line in size_table() if line not in readme]
+    assert not missing, ("README's real-scale table is out of date; paste "
+                         f"salt_vla.cache.estimate.size_table() in: {missing}")

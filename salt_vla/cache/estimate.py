@@ -178,31 +178,18 @@ def probe_destination(path: Path | str) -> Destination:
 def size_table(archs: dict[str, int] | None = None, tokens: int = 1568, num_frames: int = 16,
                size: int = 224, dtypes: tuple[str, ...] | None = None) -> list[str]:
     """The README's table: store size of SSv2 train and validation per teacher width, storage
-    dtype and view count (16x224: 1,568 tokens), with the rule-of-thumb frames, as markdown."""
+    dtype and view count (16x224: 1,568 tokens), frames by the rule of thumb, as markdown."""
     archs = archs or {"ViT-B": 768, "ViT-L": 1024}
     dtypes = dtypes or tuple(d for d in LATENT_ROW_BYTES if d != "float32")
-    lines = ["| teacher | latents | views | B a row | train latents | train frames | "
-             "validation latents + frames |", "|---|---|---|---|---|---|---|"]
+    lines = ["| teacher | latents | views | latents a row | train latents | train frames | "
+             "train total | validation total |", "|---|---|---|---|---|---|---|---|"]
     for name, dim in archs.items():
         for dtype in dtypes:
             for views in (1, 4):
-                tr = StoreSize(SSV2_CLIPS["train"] * views, tokens, dim, dtype, num_frames, size)
-                va = StoreSize(SSV2_CLIPS["validation"] * views, tokens, dim, dtype,
-                               num_frames, size)
+                tr, va = (StoreSize(SSV2_CLIPS[split] * views, tokens, dim, dtype, num_frames,
+                                    size) for split in ("train", "validation"))
                 lines.append(
-                    f"| {name} ({dim}) | {dtype} | {views} | {tr.latent_row_bytes:,} | "
+                    f"| {name} ({dim}) | {dtype} | {views} | {tr.latent_row_bytes:,} B | "
                     f"{tr.latents_bytes() / 1e9:,.0f} GB | {tr.frames_bytes() / 1e9:,.0f} GB | "
-                    f"{va.total_bytes() / 1e9:,.0f} GB |")
-    return lines
-
-
-def probe_table(archs: dict[str, int] | None = None, tokens: int = 1568) -> list[str]:
-    """The README's probe table: float16 features of every SSv2 train/validation clip (one
-    view each), i.e. what `salt eval probe --features memory` would hold in RAM."""
-    archs = archs or {"ViT-B": 768, "ViT-L": 1024}
-    lines = ["| encoder | train features | validation features | both |", "|---|---|---|---|"]
-    for name, dim in archs.items():
-        tr, va = (SSV2_CLIPS[s] * tokens * dim * 2 for s in ("train", "validation"))
-        lines.append(f"| {name} ({dim}) | {tr / 2**30:,.0f} GiB | {va / 2**30:,.0f} GiB | "
-                     f"{(tr + va) / 2**30:,.0f} GiB |")
+                    f"{tr.total_bytes() / 1e9:,.0f} GB | {va.total_bytes() / 1e9:,.0f} GB |")
     return lines

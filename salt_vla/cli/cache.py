@@ -34,10 +34,9 @@ app = group("Stage 1: build, verify and inspect the teacher-latent cache.")
     "re-run of the same command skips committed shards. Bad videos are listed in "
     "failures.jsonl and the build goes on. Multi-GPU / multi-node: `torchrun "
     "--nproc_per_node N $(which salt) cache build ...` (each rank builds its own shards). "
-    "It first prints the plan (rows, shards, bytes of latents and frames, free space, decode "
-    "and teacher settings) and refuses a destination that is not writable or too small; "
-    "--dry-run prints only that. A teacher exported by `salt teacher export` brings its own "
-    "arch and view (TEACHER.json next to it): options left out are taken from there.",
+    "It first prints the plan (rows, shards, bytes, free space, settings; --dry-run: only "
+    "that) and refuses an unwritable or too small destination. An exported stage-1 teacher's "
+    "arch and view (TEACHER.json) fill in the options left out.",
 )
 def cache_build(
     ctx: typer.Context,
@@ -203,8 +202,7 @@ def cache_build(
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
-    """True when option ``name`` was given on the command line (or by environment), not
-    left at its default: only then may it override a teacher's recorded settings."""
+    """Option ``name`` was given (not defaulted): only then does it beat a teacher's record."""
     source = ctx.get_parameter_source(name)  # an enum of typer's bundled click: by name
     return source is not None and source.name != "DEFAULT"
 
