@@ -279,7 +279,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cache_data_root: Path, tmp_p
     assert "rows: 13 videos x 1 view = 13 rows in 4 shards of 4" in text, text
     assert "[13, 64, 192] float16 = 24,576 B a row" in text, text
     assert "rule of thumb" in text and "free at" in text and "writable" in text, text
-    assert "1 decoder processes per rank" in text and "3 clips a batch" in text, text
+    assert "1 decoder process per rank" in text and "3 clips a batch" in text, text
     assert "dry run: nothing written" in text
     assert not out.exists() and not (cache_data_root / "salt-cache").exists()
 

@@ -233,6 +233,13 @@ def test_memory_check_refuses_a_huge_split_before_allocating(
     assert plan_features("auto", ssv2, 1568, 768, tmp_path).mode == "stream"
     with pytest.raises(FeatureError, match="do not fit on disk.*100.0 GiB free"):
         plan_features("disk", ssv2, 1568, 768, tmp_path)
+    # what a killed run left behind is named, not deleted (another probe may be writing)
+    stale = tmp_path / "train-0123" / ".features.npy.tmp-99999-abc"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x" * 8192)
+    with pytest.raises(FeatureError, match=r"unfinished features of killed runs.*delete them"):
+        plan_features("disk", ssv2, 1568, 768, tmp_path)
+    assert stale.exists()
     assert plan_features("auto", ssv2, 1568, 768, tmp_path, cached=True).mode == "disk"
     with pytest.raises(FeatureError, match="needs --feature-cache"):
         plan_features("disk", ssv2, 1568, 768)

@@ -409,6 +409,11 @@ class BuildPlan:
     committed: int = 0  # shards a resumed build finds committed
     world: int = 1
     sample: SampleTiming | None = None
+    split_videos: int = 0  # videos in the split before --limit
+
+    @property
+    def limited(self) -> str:
+        return f" (--limit: of {self.split_videos})" if self.split_videos > self.videos else ""
 
     @property
     def shards_left(self) -> int:
@@ -432,8 +437,9 @@ class BuildPlan:
                   if self.committed else "")
         lines = [
             self.data_line,
-            f"rows: {self.videos} videos x {view.n_views} view{'s' * (view.n_views > 1)} = "
-            f"{size.rows} rows in {size.num_shards} shards of {size.shard_size}{resume}",
+            f"rows: {self.videos} videos{self.limited} x {view.n_views} view"
+            f"{'s' * (view.n_views > 1)} = {size.rows} rows in {size.num_shards} shards of "
+            f"{size.shard_size}{resume}",
             f"latents: [{size.rows}, {size.tokens}, {size.dim}] {size.dtype} = "
             f"{size.latent_row_bytes:,} B a row; {format_size(lat)} to write (exact, shard "
             f"indexes included)",
@@ -442,7 +448,7 @@ class BuildPlan:
             f"destination: {cfg.out}: {format_size(self.dest.free)} free at "
             f"{self.dest.existing}; needs ~{format_size(lat + frames)}; "
             + ("writable" if self.dest.writable else f"NOT WRITABLE: {self.dest.problem}"),
-            f"decode: {pipe.workers} decoder processes per rank"
+            f"decode: {pipe.workers} decoder process{'es' * (pipe.workers != 1)} per rank"
             f"{f' x {self.world} ranks' if self.world > 1 else ''}, backend "
             f"{cfg.video_backend}, timeout {pipe.decode_timeout} s a video; view {view.hash()} "
             f"({view.num_frames} frames, {view.sampling} sampling, {view.size} px)",
@@ -544,7 +550,8 @@ def plan_build(cfg: BuildConfig, index: Any = None, world: int = 1) -> BuildPlan
                      view.num_frames, view.size, cfg.shard_size,
                      sample.jpeg_bytes if sample is not None else None)
     return BuildPlan(cfg, len(entries), size, probe_destination(cfg.out), arch,
-                     f"data: {index.describe()}", _committed_in(cfg.out), world, sample)
+                     f"data: {index.describe()}", _committed_in(cfg.out), world, sample,
+                     len(index.entries))
 
 
 def _timed_sample(cfg: BuildConfig) -> SampleTiming:

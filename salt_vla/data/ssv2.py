@@ -93,8 +93,9 @@ def _check_split(split: str) -> None:
 class SSv2Layout:
     """Where a root keeps its label files: ``label_dir / (prefix + name + ".json")``.
 
-    ``name`` says which layout it is, for the line every command prints. Videos are looked
-    for in :attr:`video_dirs` whatever the layout: they are independent of the label files.
+    ``name`` says which layout it is, for the line every command prints
+    (:meth:`SplitIndex.describe`). Videos are looked for in :attr:`video_dirs` whatever the
+    layout: they are independent of the label files.
     """
 
     root: Path
@@ -120,10 +121,6 @@ class SSv2Layout:
         """labels.json and the split files this layout has on disk."""
         files = [self.labels_path, *(self.split_path(s) for s in SPLITS)]
         return [f for f in files if f.is_file()]
-
-    def describe(self) -> str:
-        """``layout <name>: labels <file>`` (one line; the split lines name their files)."""
-        return f"layout: {self.name} (labels {self.labels_path})"
 
 
 def _candidate_layouts(root: Path) -> list[SSv2Layout]:
@@ -167,8 +164,8 @@ def find_layout(root: Path | str) -> SSv2Layout:
         raise SSv2Error(
             f"labels file not found: {first} (also looked for "
             f"{', '.join(str(o) for o in others)}; {hint}). Point --data (or $SALT_DATA) at the "
-            f"SSv2 root that holds labels.json and the split files (or the download's labels/ "
-            f"folder)."
+            f"SSv2 root: the folder that holds labels.json and the split files, or the one the "
+            f"download unpacked labels/ and 20bn-something-something-v2/ into."
         )
     chosen = found[0]
     for other in found[1:]:

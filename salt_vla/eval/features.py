@@ -149,6 +149,21 @@ def disk_free(path: Path | str) -> int:
     return shutil.disk_usage(nearest_existing(Path(path))).free
 
 
+def leftover_bytes(cache_dir: Path | str) -> int:
+    """Disk used by unfinished ``features.npy`` temp files of earlier, killed runs in
+    ``cache_dir`` (they can be hundreds of GiB at SSv2 size). Not deleted here: on a shared
+    disk another probe may be writing one right now."""
+    from salt_vla.files import temp_prefix
+
+    used = 0
+    for p in Path(cache_dir).glob(f"*/{temp_prefix(Path(FEATURES_FILE))}*"):
+        try:
+            used += p.stat().st_blocks * 512  # allocated, not apparent: the file is sparse
+        except OSError:
+            continue
+    return used
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
@@ -194,6 +209,11 @@ def plan_features(mode: str, splits: dict[str, int], tokens: int, dim: int,
     ram_text = f"MemAvailable {_gib(ram)}, memory mode takes at most {RAM_FRACTION:.0%} of it"
     disk_text = (f"{cache_dir} has {_gib(free)} free" if free is not None
                  else "no --feature-cache")
+    leftover = leftover_bytes(cache_dir) if cache_dir is not None else 0
+    if leftover:
+        disk_text += (f" ({_gib(leftover)} more is held by unfinished features of killed runs, "
+                      f"{cache_dir}/*/.{FEATURES_FILE}.tmp-*: delete them if no probe is "
+                      f"writing there)")
     options = (f"--features stream (nothing stored: the encoder runs over every clip each "
                f"epoch{f', {epochs} epochs' if epochs else ''}), --feature-cache DIR on a "
                f"disk with {_gib(need / DISK_FRACTION)} free (computed once, read through a "
