@@ -185,7 +185,8 @@ def test_cli_help_lists_every_option() -> None:
     res = runner.invoke(app, ["eval", "probe", "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
     for opt in ("--encoder", "--data", "--train-split", "--val-split", "--view-preset",
-                "--epochs", "--probe", "--batch-size", "--lr", "--seed", "--out"):
+                "--epochs", "--probe", "--batch-size", "--lr", "--seed", "--out", "--features",
+                "--feature-cache"):
         assert opt in res.output, f"{opt} missing from `salt eval probe --help`"
 
 

@@ -104,7 +104,8 @@ def eval_probe(
         "stream otherwise. RAM and disk are checked before anything is allocated.",
     ),
     workers: int = typer.Option(
-        2, "--workers", help="Video-decoding processes while featurising (0: in-process)."
+        2, "--workers", help="Video-decoding processes while featurising, and every epoch "
+        "with --features stream (0: in-process)."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda."),
     out: Path | None = typer.Option(
