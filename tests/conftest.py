@@ -57,6 +57,25 @@ def sample_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SampleV
     return videos
 
 
+def ssv2_download_copy(flat: Path, dst: Path, naming: str = "labels") -> Path:
+    """Copy the flat SSv2-layout root ``flat`` into ``dst`` laid out as SSv2's download
+    unpacks: videos in ``dst/20bn-something-something-v2/``, label files in ``dst/labels/``
+    (``naming="labels"``) or named ``something-something-v2-<name>.json`` (``"prefixed"``)."""
+    import shutil
+
+    videos = dst / "20bn-something-something-v2"
+    videos.mkdir(parents=True)
+    for src in [*flat.glob("*.webm"), *(flat / "videos").glob("*.webm")]:
+        shutil.copy2(src, videos / src.name)
+    labels = dst / "labels" if naming == "labels" else dst
+    labels.mkdir(exist_ok=True)
+    prefix = "" if naming == "labels" else "something-something-v2-"
+    for name in ("labels", "train", "validation", "test"):
+        if (flat / f"{name}.json").is_file():
+            shutil.copy2(flat / f"{name}.json", labels / f"{prefix}{name}.json")
+    return dst
+
+
 # --- cache fixtures ---
 
 CACHE_BAD_VIDEOS = {"103": "zero-byte", "107": "truncated", "112": "text"}

@@ -22,10 +22,12 @@ app = group(
 @app.command(
     "probe",
     help="Frozen-encoder attentive probe (V-JEPA's protocol): the encoder's token features of "
-    "every clip are computed once (one deterministic view per clip), then a cross-attention "
-    "pooler with a learned query + linear classifier is trained with AdamW on the train split; "
-    "top-1 and top-5 are reported on the validation split after the last epoch. Results go to "
-    "RUN_DIR/probe.json (runs) or ./probe-<encoder>.json, unless --out.",
+    "every clip (one deterministic view per clip; see docs/probe.md for how this differs from "
+    "V-JEPA's multi-clip evaluation) feed a cross-attention pooler with a learned query + "
+    "linear classifier, trained with AdamW on the train split; top-1 and top-5 are reported on "
+    "the validation split after the last epoch. Features are held in RAM, on disk or streamed "
+    "(--features). Results go to RUN_DIR/probe.json (runs) or ./probe-<encoder>.json, unless "
+    "--out.",
 )
 def eval_probe(
     encoder: str = typer.Option(
@@ -89,12 +91,22 @@ def eval_probe(
         None,
         "--feature-cache",
         help="Keep features on disk here (float16 .npy per split, keyed by encoder + view + "
-        "clip list; reused by later runs) instead of in memory. Needed when they do not fit "
-        "in RAM: clips x tokens x dim x 2 bytes.",
+        "clip list; read through a memory map, reused by later runs) instead of in memory: "
+        "clips x tokens x dim x 2 bytes (SSv2 train + validation with a ViT-B at 16x224: 435 GiB).",
         show_default=False,
     ),
+    features: str = typer.Option(
+        "auto",
+        "--features",
+        help="Where the probe's features live: memory (computed once into RAM), disk "
+        "(computed once into --feature-cache), stream (nothing stored: every clip is decoded "
+        "and encoded again each epoch, as V-JEPA's frozen evaluation does), or auto: memory "
+        "when they fit in half of the available RAM, disk when --feature-cache has room, "
+        "stream otherwise. RAM and disk are checked before anything is allocated.",
+    ),
     workers: int = typer.Option(
-        2, "--workers", help="Video-decoding processes while featurising (0: in-process)."
+        2, "--workers", help="Video-decoding processes while featurising, and every epoch "
+        "with --features stream (0: in-process)."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda."),
     out: Path | None = typer.Option(
@@ -116,7 +128,7 @@ def eval_probe(
                    val_split=val_split, view=get_view(view_preset) if view_preset else None,
                    teacher_arch=teacher_arch, limit_train=limit_train, limit_val=limit_val,
                    feature_cache=feature_cache.expanduser() if feature_cache else None,
-                   workers=workers, device=device)
+                   features=features, workers=workers, device=device)
     run_probe(job, out, echo=say)
 
 
