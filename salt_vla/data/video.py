@@ -9,8 +9,9 @@ VP9 files (``tests/test_video.py`` checks it).
 What is not a video is refused with a reason of its own (:class:`VideoDecodeError`'s
 ``cause``), never decoded into something that looks like one: FFmpeg opens a PNG renamed
 ``.webm`` as a one-frame stream, and a view would repeat that frame into a clip of identical
-frames. So a still image (by its first bytes, or an image demuxer), a one-frame stream, a
-directory, a FIFO or device, and a file that cannot be read each say what they are.
+frames. So a still image (by its first bytes, or FFmpeg's image demuxer reading it), a
+directory, a FIFO or device, and a file that cannot be read each say what they are. A
+one-frame stream in a video container (WebM, MP4) is still a video.
 """
 
 from __future__ import annotations
@@ -243,9 +244,6 @@ def _decode(
         n = source.num_frames
         if n <= 0:
             raise VideoDecodeError(path, "the video stream has no frames")
-        if n == 1:
-            raise VideoDecodeError(path, "the stream has a single frame: a still image, not a "
-                                   "video (a clip would repeat that frame)")
         indices = _as_indices(choose(n))
         bad = indices[(indices < 0) | (indices >= n)]
         if bad.size:
