@@ -45,17 +45,23 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny store `salt cache build` makes from ``synth_root`` (vit_tiny random teacher,
     view tiny-8x64, 32 rows in two shards)."""
+    out = build_store(synth_root, tmp_path_factory.mktemp("trainer_store") / "cache",
+                      "random:vit_tiny:0")
+    assert len(LatentStore(out).valid_rows) == 32
+    return out
+
+
+def build_store(root: Path, out: Path, teacher: str) -> Path:
+    """`salt cache build` of ``root`` into ``out``: view tiny-8x64, vit_tiny ``teacher``,
+    16-row shards."""
     from salt_vla.cache.build import BuildConfig, build_cache
     from salt_vla.cache.pipeline import PipelineConfig
     from salt_vla.data.view import VIEW_PRESETS
 
-    out = tmp_path_factory.mktemp("trainer_store") / "cache"
-    build_cache(BuildConfig(data_root=synth_root, out=out, teacher="random:vit_tiny:0",
-                            teacher_arch="vit_tiny", view=VIEW_PRESETS["tiny-8x64"],
-                            shard_size=16, device="cpu", show_progress=False,
-                            pipeline=PipelineConfig(batch_size=8, workers=1)),
+    build_cache(BuildConfig(data_root=root, out=out, teacher=teacher, teacher_arch="vit_tiny",
+                            view=VIEW_PRESETS["tiny-8x64"], shard_size=16, device="cpu",
+                            show_progress=False, pipeline=PipelineConfig(batch_size=8, workers=1)),
                 log=lambda msg: None)
-    assert len(LatentStore(out).valid_rows) == 32
     return out
 
 
@@ -228,17 +234,8 @@ def test_online_targets_run_the_teacher_on_videos(synth_root: Path, tmp_path: Pa
 @pytest.fixture(scope="module")
 def other_store(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same videos, view and row count as ``store``, another (random) teacher."""
-    from salt_vla.cache.build import BuildConfig, build_cache
-    from salt_vla.cache.pipeline import PipelineConfig
-    from salt_vla.data.view import VIEW_PRESETS
-
-    out = tmp_path_factory.mktemp("trainer_store_b") / "cache"
-    build_cache(BuildConfig(data_root=synth_root, out=out, teacher="random:vit_tiny:1",
-                            teacher_arch="vit_tiny", view=VIEW_PRESETS["tiny-8x64"],
-                            shard_size=16, device="cpu", show_progress=False,
-                            pipeline=PipelineConfig(batch_size=8, workers=1)),
-                log=lambda msg: None)
-    return out
+    return build_store(synth_root, tmp_path_factory.mktemp("trainer_store_b") / "cache",
+                       "random:vit_tiny:1")
 
 
 def test_resume_on_another_store_is_refused_and_changes_nothing(
