@@ -88,7 +88,7 @@ def test_each_unloadable_file_says_what_it_is(tmp_path: Path) -> None:
     good = _real_checkpoint(tmp_path / "good.pt")
     cases = {
         "empty.pt": (b"", "empty file (0 bytes)"),
-        "garbage.pt": (b"this is not a checkpoint", "not a checkpoint written by salt-vla"),
+        "garbage.pt": (b"this is not a checkpoint", "not a torch zip archive"),
         "truncated.pt": (good.read_bytes()[: good.stat().st_size // 2], "truncated"),
     }
     for name, (data, _) in cases.items():

@@ -156,9 +156,6 @@ def _why_unloadable(path: Path, e: Exception) -> str:
         return f"unreadable ({err.strerror or err})"
     if size == 0:
         return "empty file (0 bytes): a copy or write that never finished"
-    if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
-        return (f"{NOT_OURS} (it holds Python objects besides tensors and plain containers; "
-                "not loaded, since unpickling them could run code)")
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
         return f"{NOT_OURS} (not a torch zip archive: it starts with {head!r})"
     try:
@@ -166,6 +163,9 @@ def _why_unloadable(path: Path, e: Exception) -> str:
             z.namelist()
     except (zipfile.BadZipFile, OSError, EOFError):
         return f"truncated or damaged ({size} bytes; the zip archive is incomplete)"
+    if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
+        return (f"{NOT_OURS} (it holds Python objects besides tensors and plain containers; "
+                "not loaded, since unpickling them could run code)")
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return f"damaged ({type(e).__name__}: {first})"
 
