@@ -448,3 +448,71 @@ def test_readme_size_table_is_the_dry_run_arithmetic() -> None:
     missing = [line for line in size_table() if line not in readme]
     assert not missing, ("README's real-scale table is out of date; paste "
                          f"salt_vla.cache.estimate.size_table() in: {missing}")
+
+
+def test_what_is_not_a_video_is_a_recorded_failure_and_the_build_goes_on(
+        tmp_path: Path) -> None:
+    """A PNG renamed .webm used to be cached as identical frames with no failure record; a
+    directory or FIFO at a video's path was "file not found". Each is now a failure with its
+    own reason, and the other videos are cached."""
+    from conftest import _moving_square
+    from PIL import Image
+
+    from salt_vla.cache.build import BuildConfig, build_cache
+    from salt_vla.cache.pipeline import PipelineConfig
+    from salt_vla.data.video import write_webm
+    from salt_vla.data.view import VIEW_PRESETS
+
+    root = tmp_path / "data"
+    (root / "videos").mkdir(parents=True)
+    videos = root / "videos"
+    still = Image.fromarray(_moving_square(1, 48, 64, seed=9)[0])
+    cases = {  # video id -> what its file is, and the reason the build must record
+        "201": ("good", None),
+        "202": ("png", "is a still image (PNG data), not a video"),
+        "203": ("jpeg", "is a still image (JPEG data), not a video"),
+        "204": ("ppm", "is a still image (FFmpeg reads it as ppm_pipe)"),
+        "205": ("directory", "is a directory, not a video file"),
+        "206": ("fifo", "is a FIFO (named pipe), not a regular file"),
+        "207": ("good", None),
+    }
+    if os.geteuid() != 0:  # root reads any file whatever its mode
+        cases["208"] = ("unreadable", "permission denied")
+    for vid, (kind, _) in cases.items():
+        path = videos / f"{vid}.webm"
+        if kind == "good":
+            write_webm(path, _moving_square(10, 48, 64, seed=int(vid)), fps=12)
+        elif kind in ("png", "jpeg", "ppm"):
+            with open(path, "wb") as f:
+                still.save(f, format=kind.upper())
+        elif kind == "directory":
+            path.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(path)
+        else:
+            write_webm(path, _moving_square(10, 48, 64, seed=1), fps=12)
+            path.chmod(0)
+    template = "Pushing [something] from left to right"
+    (root / "labels.json").write_text(json.dumps({template.replace("[", "").replace("]", ""):
+                                                  "0"}))
+    (root / "train.json").write_text(json.dumps([
+        {"id": vid, "label": "Pushing a cup from left to right", "template": template,
+         "placeholders": ["a cup"]} for vid in cases]))
+    for split in ("validation", "test"):
+        (root / f"{split}.json").write_text("[]")
+    out = tmp_path / "store"
+    build_cache(BuildConfig(data_root=root, out=out, teacher="random:vit_tiny:0",
+                            view=VIEW_PRESETS["tiny-8x64"], shard_size=4, device="cpu",
+                            pipeline=PipelineConfig(batch_size=3, workers=1),
+                            show_progress=False), log=lambda msg: None)
+    failures = {x["video_id"]: x["reason"]
+                for x in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    want = {vid: reason for vid, (_, reason) in cases.items() if reason}
+    assert failures.keys() == want.keys()
+    for vid, reason in want.items():
+        assert reason in failures[vid], (vid, failures[vid])
+        assert "not found" not in failures[vid]
+    store = LatentStore(out)
+    good_rows = [i for i, (kind, _) in enumerate(cases.values()) if kind == "good"]
+    assert store.valid_rows.tolist() == good_rows
+    assert json.loads((out / "cache.json").read_text())["status"] == "complete"

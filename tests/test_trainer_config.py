@@ -126,3 +126,51 @@ def test_diff_ignores_runtime_keys() -> None:
     assert diff(a, resolve("tiny", ["num_workers=0", "log_every=1"])) == []
     assert diff(a, resolve("tiny", ["lr=0.5"])) == ["lr: 0.001 -> 0.5"]
     assert set(valid_keys()) >= {"lr", "skip_nonfinite", "grad_accum"}
+
+
+def _float_keys(cls: type) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)
+            if isinstance(f.default, float) or (isinstance(f.default, tuple) and f.default
+                                                and isinstance(f.default[0], float))]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_for_every_float_key(value: str) -> None:
+    """NaN passes every range check (`lr < 0` is False): `lr=nan` used to end in a torch
+    traceback, `grad_clip=nan` silently turned clipping off, `lr=inf` died at step 2."""
+    from salt_vla.trainer.teacher_experiments import TeacherTrainConfig, resolve_teacher
+
+    for cls, make, preset in ((TrainConfig, resolve, "exp3"),
+                              (TeacherTrainConfig, resolve_teacher, "teacher-tiny")):
+        keys = _float_keys(cls)
+        assert {"lr", "min_lr", "grad_clip", "mask_ratio", "eps", "betas"} <= set(keys)
+        for k in keys:
+            item = f"{k}={value},0.9" if k == "betas" else f"{k}={value}"
+            with pytest.raises(ConfigError) as e:
+                make(preset, [item])
+            assert f"{k}=" in str(e.value) and "must be a finite number" in str(e.value), item
+
+
+def test_cli_names_a_nan_key_without_a_traceback() -> None:
+    result = CliRunner().invoke(app, ["train", "--exp", "tiny", "--set", "lr=nan",
+                                      "--set", "grad_clip=inf"])
+    assert result.exit_code == 1
+    assert "lr=nan: must be a finite number" in result.output
+    assert "grad_clip=inf: must be a finite number" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_probe_and_synth_configs_refuse_non_finite_floats() -> None:
+    from salt_vla.data.synth import SynthConfig, SynthError
+    from salt_vla.eval.probe import ProbeConfig
+
+    for k in ("lr", "weight_decay", "warmup_epochs", "mlp_ratio"):
+        with pytest.raises(ConfigError, match=f"probe {k}=nan: must be a finite number"):
+            ProbeConfig(**{k: float("nan")})
+    for k in ("noise", "jitter", "flicker", "background"):
+        with pytest.raises(SynthError, match=f"{k}=inf: must be a finite number"):
+            SynthConfig(**{k: float("inf")})
+    with pytest.raises(SynthError, match="splits="):
+        SynthConfig(splits=(0.7, float("nan"), 0.15))

@@ -26,8 +26,10 @@ from salt_vla.trainer.data import (
 from salt_vla.trainer.metrics_log import (
     MetricsLogger,
     format_duration,
+    has_wandb_key,
     progress_line,
     resolve_wandb_mode,
+    start_wandb,
 )
 from salt_vla.trainer.sources import MemoryFrames, MemoryTargets
 
@@ -139,12 +141,106 @@ def test_feeder_reraises_source_errors() -> None:
 
 def test_wandb_mode_resolution() -> None:
     assert resolve_wandb_mode(None, {}) == "disabled"
-    assert resolve_wandb_mode(None, {"WANDB_API_KEY": "x"}) == "online"
+    # A key in the environment is no choice: on a node without internet it used to make the
+    # run go online, hang ~2 minutes and die.
+    assert resolve_wandb_mode(None, {"WANDB_API_KEY": "x"}) == "disabled"
+    assert resolve_wandb_mode(None, {"WANDB_MODE": "online"}) == "online"
     assert resolve_wandb_mode(None, {"WANDB_MODE": "offline", "WANDB_API_KEY": "x"}) == "offline"
     assert resolve_wandb_mode(None, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "x"}) == "disabled"
     assert resolve_wandb_mode("offline", {"WANDB_MODE": "online"}) == "offline"
     with pytest.raises(ValueError, match="online, offline, disabled"):
         resolve_wandb_mode("cloud", {})
+
+
+class _FakeRun:
+    """What the logger uses of a wandb run."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.logged, self.finished = mode, [], False
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+@pytest.fixture
+def fake_wandb_init(monkeypatch: pytest.MonkeyPatch):
+    """``wandb.init`` replaced (no network, no files): ``behave[mode]`` is "hang", "raise"
+    or "ok"; ``calls`` records each mode tried with its settings' init_timeout."""
+    import threading
+
+    wandb = pytest.importorskip("wandb")
+    behave: dict[str, str] = {}
+    calls: list[tuple[str, float]] = []
+    release = threading.Event()
+
+    def init(mode: str, settings: object, **kw: object) -> _FakeRun:
+        calls.append((mode, settings.init_timeout))  # type: ignore[attr-defined]
+        what = behave.get(mode, "ok")
+        if what == "hang":  # as a node without internet: no answer
+            release.wait(60)
+            raise RuntimeError("released")
+        if what == "raise":
+            raise wandb.errors.CommError("Timed out while retrying: Post https://api.wandb.ai")
+        return _FakeRun(mode)
+
+    monkeypatch.setattr(wandb, "init", init)
+    yield behave, calls
+    release.set()
+
+
+def test_wandb_start_never_hangs_or_raises(tmp_path: Path, fake_wandb_init) -> None:
+    behave, calls = fake_wandb_init
+    key = {"WANDB_API_KEY": "k" * 40}
+    warned: list[str] = []
+    init = {"project": "p", "dir": str(tmp_path)}
+    # online hangs: after the timeout, offline (one warning line)
+    behave["online"] = "hang"
+    run = start_wandb("online", init, warned.append, timeout=0.5, env=key)
+    assert run is not None and run.mode == "offline"
+    assert [m for m, _ in calls] == ["online", "offline"] and calls[0][1] == 0.5
+    assert len(warned) == 1 and "W&B online did not start" in warned[0]
+    assert "no answer after 0.5 s" in warned[0] and "offline" in warned[0]
+    # online raises (no network): offline
+    behave["online"] = "raise"
+    calls.clear(), warned.clear()
+    assert start_wandb("online", init, warned.append, timeout=5, env=key).mode == "offline"
+    assert len(warned) == 1 and "CommError" in warned[0]
+    # offline fails too: W&B off, the run goes on
+    behave["offline"] = "raise"
+    warned.clear()
+    assert start_wandb("online", init, warned.append, timeout=5, env=key) is None
+    assert len(warned) == 2 and "W&B is off for this run" in warned[1]
+
+
+def test_wandb_online_without_a_key_is_one_warning_and_offline(tmp_path: Path,
+                                                                fake_wandb_init) -> None:
+    behave, calls = fake_wandb_init
+    no_key = {"NETRC": str(tmp_path / "no-netrc")}
+    assert not has_wandb_key(no_key)
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password " + "k" * 40)
+    assert has_wandb_key({"NETRC": str(tmp_path / "netrc")})  # what `wandb login` writes
+    assert has_wandb_key({"WANDB_API_KEY": "k"})
+    warned: list[str] = []
+    run = start_wandb("online", {"dir": str(tmp_path)}, warned.append, env=no_key)
+    assert run.mode == "offline" and [m for m, _ in calls] == ["offline"]  # never online
+    assert len(warned) == 1 and "no W&B API key" in warned[0] and "wandb login" in warned[0]
+
+
+def test_logger_with_a_hanging_wandb_logs_to_its_file(tmp_path: Path, fake_wandb_init,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    behave, calls = fake_wandb_init
+    behave["online"] = behave["offline"] = "hang"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    lines: list[str] = []
+    logger = MetricsLogger(tmp_path, 10, "online", echo=lines.append, wandb_timeout=0.3)
+    logger.log(1, {"loss": 1.0, "norm_loss": 0.5, "cos": 0.1, "lr": 1e-3, "data_wait": 0.0})
+    logger.close()
+    assert [m for m, _ in calls] == ["online", "offline"]
+    assert sum(line.startswith("warning: W&B") for line in lines) == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
 
 
 def test_progress_line_and_jsonl(tmp_path: Path) -> None:

@@ -166,9 +166,11 @@ WandbOpt = typer.Option(
     None,
     "--wandb",
     metavar="MODE",
-    help="online | offline | disabled. Default: disabled unless WANDB_MODE or "
-    "WANDB_API_KEY is set. Offline runs write under the run directory, no network. "
-    "Project and run name: --set wandb_project=... --set wandb_run=...",
+    help="online | offline | disabled. Default: WANDB_MODE if set, else disabled (an API "
+    "key alone turns nothing on). Offline runs write under the run directory, no network. "
+    "W&B never stops a run: online without a key, or a start that fails or takes over 30 s, "
+    "is one warning and offline. Project and run name: --set wandb_project=... --set "
+    "wandb_run=...",
     show_default=False,
 )
 TeacherSetOpt = typer.Option(

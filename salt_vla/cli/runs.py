@@ -17,7 +17,8 @@ SWEEP_HELP = (
     "batch. Each run is `salt train --resume auto` in a subprocess writing SWEEP_DIR/<run>/ "
     "(log in train.log); the queue state is SWEEP_DIR/sweep.json, so re-running the same "
     "command after a crash resumes it. Ctrl-C asks the running run to checkpoint and stop. "
-    "Spec format: `salt sweep seed --show-spec`. Exit code 0 when every stage finished."
+    "Spec format: `salt sweep seed --show-spec`. Exit code 0 when every stage finished; 1 "
+    "when a run failed or was stopped; 130 / 143 when the sweep itself got SIGINT / SIGTERM."
 )
 STATUS_HELP = (
 "Is a run alive? For a run directory: alive/stalled/dead/finished (from its "
@@ -26,7 +27,8 @@ STATUS_HELP = (
     "intervals), ETA at that rate, last checkpoint, peak GPU memory. For a sweep directory: "
     "every stage, its decision and whether the sweep process runs. A folder of runs: each. "
     "Exit code: 0 healthy (running, or finished with finite losses); 1 stalled, dead, failed, "
-    "stopped or a sweep that stopped early; 2 ended with a non-finite loss."
+    "stopped or a sweep that stopped early; 2 ended with a non-finite loss. (`salt train` "
+    "itself exits 130 / 143 when SIGINT / SIGTERM stopped it after its checkpoint.)"
 )
 REPORT_HELP = (
 "Compare runs: a Markdown table (config differences, best and final smoothed "

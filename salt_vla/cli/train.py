@@ -40,6 +40,12 @@ teacher_app = group(
     "build --teacher` loads."
 )
 
+EXIT_CODES_HELP = (
+    "Exit code: 0 when the run ended as planned (every step, or --set stop_at); 1 on an "
+    "error; 130 (Ctrl-C, SIGINT) or 143 (SIGTERM, e.g. a preemption) when a signal stopped "
+    "it after writing its checkpoint: resume it with --resume. So `salt train ... && salt "
+    "export RUN` never exports a preempted run."
+)
 TRAIN_HELP = (
     "Stage 2: train a student (+ predictor) to predict the cached teacher latents at "
     "masked positions. The config: --exp's preset, then --config FILE, then --set (a later "
@@ -47,7 +53,7 @@ TRAIN_HELP = (
     "(the resolved config, absolute paths, argv, version, git commit), metrics.jsonl and "
     "ckpt.pt (atomic, every ckpt_every steps and at the end) into the run directory. "
     "Multi-GPU: `torchrun --nproc_per_node N $(which salt) train ...` (batch_size stays the "
-    "global batch)."
+    "global batch). " + EXIT_CODES_HELP
 )
 SplitOpt = typer.Option(
     None, "--split", help="Split whose cache (or videos) to use. Default: train (resuming: "
@@ -169,7 +175,7 @@ def train_cmd(
     run = RunSpec(out=run_dir, cache=resolved.path if kind == "cache" else None,
                   data=resolved.path if kind == "data" else None, split=where,
                   resume=start.resume, wandb=start.wandb, command=command_line())
-    train(cfg, run, echo=start.echo)
+    raise typer.Exit(train(cfg, run, echo=start.echo).exit_code)
 
 
 @teacher_app.command(
@@ -210,7 +216,7 @@ def teacher_show(
     "every ckpt_every steps and at the end), exact --resume; unreadable videos are skipped "
     "and listed in RUN_DIR/decode_failures.jsonl. On the last step the encoder is written to "
     "RUN_DIR/teacher.pth (official VideoMAEv2 keys) with its sha256. Multi-GPU: `torchrun "
-    "--nproc_per_node N $(which salt) teacher train ...`.",
+    "--nproc_per_node N $(which salt) teacher train ...`. " + EXIT_CODES_HELP,
 )
 def teacher_train_cmd(
     exp: str | None = typer.Option(
@@ -241,7 +247,7 @@ def teacher_train_cmd(
         show_resolved("data root", root)
     run = RunSpec(out=run_dir, data=root.path, split=input_split(split, settled),
                   resume=start.resume, wandb=start.wandb, command=command_line())
-    train_teacher(settled.cfg, run, echo=start.echo)
+    raise typer.Exit(train_teacher(settled.cfg, run, echo=start.echo).train.exit_code)
 
 
 @teacher_app.command(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from salt_vla.data.video import write_webm
-from salt_vla.errors import SaltError
+from salt_vla.errors import SaltError, nonfinite_fields
 from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 
 GENERATOR = "salt_vla.data.synth"
@@ -130,6 +130,8 @@ class SynthConfig:
         # Frozen: normalise sequences (e.g. lists from JSON) through object.__setattr__.
         object.__setattr__(self, "splits", tuple(float(f) for f in self.splits))
         object.__setattr__(self, "distractors", tuple(int(d) for d in self.distractors))
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise SynthError(f"{', '.join(bad)}: must be a finite number")
         n = len(ACTIONS)
         if self.classes < 1 or self.classes > n:
             raise SynthError(

@@ -6,12 +6,21 @@ frames the same way, from the container's packets (one packet per displayed fram
 from header metadata: WebM headers carry no frame count and other containers' counts can be
 wrong. Both backends convert to RGB through FFmpeg's swscale and return identical bytes on our
 VP9 files (``tests/test_video.py`` checks it).
+
+What is not a video is refused with a reason of its own (:class:`VideoDecodeError`'s
+``cause``), never decoded into something that looks like one: FFmpeg opens a PNG renamed
+``.webm`` as a one-frame stream, and a view would repeat that frame into a clip of identical
+frames. So a still image (by its first bytes, or FFmpeg's image demuxer reading it), a
+directory, a FIFO or device, and a file that cannot be read each say what they are. A
+one-frame stream in a video container (WebM, MP4) is still a video.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +35,11 @@ BACKENDS = ("auto", "decord", "pyav")
 
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _SEGMENT_ID = 0x18538067
+# First bytes of still-image files (what a renamed photo or thumbnail starts with).
+_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF",
+                b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 class VideoDecodeError(SaltError):
@@ -186,14 +200,39 @@ def _decord_module() -> ModuleType | None:
 
 
 def _check_file(path: Path) -> None:
-    """Catch the failures FFmpeg reports badly or not at all: missing, empty, truncated WebM."""
-    if not path.is_file():
-        raise VideoDecodeError(path, "file not found (check the data root and the video id)")
-    size = path.stat().st_size
+    """Catch the failures FFmpeg reports badly or not at all (or, for a FIFO, by waiting
+    forever): missing, not a regular file, unreadable, empty, a still image, truncated WebM."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise VideoDecodeError(path, f"broken symbolic link (its target {os.readlink(path)} "
+                                   "does not exist)") from None
+        raise VideoDecodeError(path, "file not found (check the data root and the video "
+                               "id)") from None
+    except OSError as e:  # EACCES on a folder of the path, ELOOP, ...
+        raise VideoDecodeError(path, f"cannot look the file up: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    for test, what in _NOT_REGULAR:
+        if test(st.st_mode):
+            raise VideoDecodeError(path, f"is {what}, not a regular file: a video must be a "
+                                   "plain file")
+    size = st.st_size
     if size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes); re-download it")
-    with path.open("rb") as f:
-        head = f.read(64)
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except PermissionError:
+        raise VideoDecodeError(path, "permission denied: this user cannot read the file "
+                               "(check its owner and mode, e.g. chmod a+r)") from None
+    except OSError as e:  # EIO on a failing disk, ...
+        raise VideoDecodeError(path, f"cannot read the file: {e.strerror or e}") from None
+    for magic, kind in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            raise VideoDecodeError(path, f"is a still image ({kind} data), not a video: a "
+                                   "renamed picture? Replace it with the video")
     expected = _webm_declared_size(head)
     # FFmpeg silently returns the frames before the cut, so a truncated clip would otherwise
     # pass as a shorter one.
@@ -316,6 +355,10 @@ class _PyAVSource:
         try:
             if not self.container.streams.video:
                 raise VideoDecodeError(path, "no video stream (is it an audio or data file?)")
+            fmt = self.container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's still-image demuxers
+                raise VideoDecodeError(path, f"is a still image (FFmpeg reads it as {fmt}), "
+                                       "not a video: a renamed picture? Replace it")
             self.stream = self.container.streams.video[0]
             self.stream.thread_count = 1
             rate = self.stream.average_rate or self.stream.guessed_rate

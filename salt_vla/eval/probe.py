@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from salt_vla.errors import ConfigError
+from salt_vla.errors import ConfigError, nonfinite_fields
 from salt_vla.models.student import LayerNorm, make_blocks
 
 # probe kind -> number of blocks (the last one is the cross-attention pooling block)
@@ -48,6 +48,8 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise ConfigError(f"probe {', '.join(bad)}: must be a finite number")
         if self.kind not in PROBE_KINDS:
             raise ConfigError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
         for name in ("epochs", "batch_size", "heads"):

@@ -12,6 +12,9 @@ written and read in one place.
       wandb_id.txt           the wandb run id, so a resumed run continues its wandb run
       heartbeat.json         who trains, how far, how it ended (``runs/heartbeat.py``)
       ckpt.pt                the latest checkpoint (``trainer/checkpoint.py``)
+      ckpt-000350.pt         the checkpoint of step 350: the latest (the same file as ckpt.pt,
+                             a hard link), the ``keep_checkpoints`` before it, and every
+                             ``snapshot_every``-th step kept for good (``checkpoints``)
       nonfinite-stepN.pt     the state before the non-finite step that stopped a run
       decode_failures.jsonl  videos a stage-1 run could not decode
       probe*.json            probe results (`salt eval probe`; schema in eval/probe_run.py)
@@ -31,6 +34,7 @@ JSONL lines, no heartbeat yet) and strict where guessing would mislead.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from collections.abc import Iterable
@@ -45,6 +49,8 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 HEARTBEAT_NAME = "heartbeat.json"
 CKPT_NAME = "ckpt.pt"
+STEP_CKPT_GLOB = "ckpt-*.pt"
+_STEP_CKPT = re.compile(r"ckpt-(\d+)\.pt")
 NONFINITE_GLOB = "nonfinite-step*.pt"
 FAILURES_NAME = "decode_failures.jsonl"
 PROBE_NAME = "probe.json"  # `salt eval probe RUN_DIR`'s default (attentive probe)
@@ -71,6 +77,30 @@ class RunDirError(SaltError, ValueError):
 def checkpoint_path(run_dir: Path | str) -> Path:
     """Where a run keeps its latest checkpoint."""
     return Path(run_dir) / CKPT_NAME
+
+
+def step_checkpoint_path(run_dir: Path | str, step: int) -> Path:
+    """Where a run keeps the checkpoint of step ``step`` (``ckpt-000350.pt``)."""
+    return Path(run_dir) / f"ckpt-{int(step):06d}.pt"
+
+
+def checkpoints(run_dir: Path | str) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every step-addressed checkpoint of a run, oldest first: the latest
+    (also reachable as ``ckpt.pt``), the ones kept before it and the snapshots. Runs written
+    before step-addressed checkpoints existed have none (only ``ckpt.pt``)."""
+    found = []
+    for p in Path(run_dir).glob(STEP_CKPT_GLOB):
+        m = _STEP_CKPT.fullmatch(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def checkpoint_temps(run_dir: Path | str) -> list[Path]:
+    """Partial checkpoint files a killed run left: the atomic writer's temp files
+    (``.ckpt.pt.tmp-PID-XXXX``, ``.ckpt-000350.pt.tmp-...``, ``.nonfinite-step7.pt.tmp-...``;
+    see ``salt_vla.files``). Only the trainer writes ``*.pt`` files in a run directory."""
+    return sorted(p for p in Path(run_dir).glob(".*.pt.tmp-*") if p.is_file())
 
 
 def nonfinite_path(run_dir: Path | str, step: int) -> Path:

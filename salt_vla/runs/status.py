@@ -4,7 +4,9 @@ fast, and what the loss does; for a sweep directory, the same for every stage pl
 the sweep process still runs.
 
 Exit codes (`salt status`): 0 healthy (running, or finished with finite losses); 1 stalled,
-dead, failed, stopped or never started; 2 ended with a non-finite loss.
+dead, failed, stopped or never started; 2 ended with a non-finite loss. `salt train` itself
+exits 0 when a run ends as planned, 1 on an error, and 130 / 143 when SIGINT / SIGTERM stopped
+it after its checkpoint (its heartbeat then says ``stopped``: 1 here).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from salt_vla.runs.rundir import (
     NONFINITE_GLOB,
     RunFiles,
     checkpoint_path,
+    checkpoints,
     is_run_dir,
     read_run,
     resume_command,
@@ -131,7 +134,8 @@ def _checkpoint_info(run: RunFiles, step: int, total: int, now: float) -> dict[s
         ckpt_step = total if total and step >= total else (step // every * every if every else None)
         how = "inferred from ckpt_every"
     return {"path": str(path), "step": ckpt_step, "step_from": how,
-            "age_s": round(now - path.stat().st_mtime, 1)}
+            "age_s": round(now - path.stat().st_mtime, 1),
+            "kept_steps": [s for s, _ in checkpoints(run.run_dir)]}
 
 
 def _resume(run: RunFiles) -> str:
@@ -378,7 +382,9 @@ def format_run(st: RunStatus) -> list[str]:
                      + f"; stalled after {st.stall_after_s:.0f} s")
     if st.checkpoint:
         c = st.checkpoint
-        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)")
+        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)"
+                     + (f"; kept: steps {', '.join(map(str, c['kept_steps']))}"
+                        if c.get("kept_steps") else ""))
     if st.gpu_peak_gib is not None:
         lines.append(f"  peak GPU memory {st.gpu_peak_gib:.2f} GiB")
     return lines

@@ -40,6 +40,7 @@ from salt_vla.runs.rundir import (
     CLIPS_KEY,
     INTERVAL_KEY,
     checkpoint_path,
+    checkpoint_temps,
     git_state,
     nonfinite_path,
     resume_command,
@@ -49,9 +50,11 @@ from salt_vla.trainer.build import mask_config
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
     capture_rng,
-    load_checkpoint,
+    load_first,
     restore_rng,
+    resume_candidates,
     save_checkpoint,
+    save_run_checkpoint,
 )
 from salt_vla.trainer.data import (
     BatchFeeder,
@@ -62,11 +65,11 @@ from salt_vla.trainer.data import (
     plan_loader,
     shm_free_bytes,
 )
-from salt_vla.trainer.interrupt import StopRequest
+from salt_vla.trainer.interrupt import StopRequest, exit_code_for
 from salt_vla.trainer.loop_config import EXTEND_KEYS, RESUME_KEYS, LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
 from salt_vla.trainer.optim import build_optimizer, set_schedules
-from salt_vla.trainer.sources import DataSources
+from salt_vla.trainer.sources import DataSources, check_same_data, data_identity
 from salt_vla.trainer.task import SALT_TASK, Task
 
 
@@ -114,31 +117,42 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # per step, this process's view
     norm_losses: list[float] = field(default_factory=list)
     checkpoint: Path | None = None
+    stopped_by: str = ""  # the signal that stopped the run ("SIGTERM", ...); "" otherwise
+
+    @property
+    def exit_code(self) -> int:
+        """What `salt train` exits with: 0 when the run ended as planned (all steps, or
+        ``stop_at``), 128 + the signal number when a signal stopped it after its
+        checkpoint (130 SIGINT, 143 SIGTERM), so a scheduler or ``salt train && salt
+        export`` tells a preempted run from a finished one."""
+        return exit_code_for(self.stopped_by) if self.stopped_by else 0
 
 
-def find_resume(run: RunSpec) -> Path | None:
-    """The checkpoint to resume from, per ``run.resume`` (see :class:`RunSpec`)."""
-    latest = checkpoint_path(run.out)
+def find_resume(run: RunSpec) -> list[Path]:
+    """The checkpoints to try, newest first, per ``run.resume`` (see :class:`RunSpec`): []
+    for a fresh start; for a resume of the run directory its ``ckpt.pt`` and the step
+    checkpoints kept before it (the first that loads is used); for a file, that file."""
+    found = resume_candidates(run.out)
     if run.resume is None:
-        if latest.exists():
+        if found:
             raise CheckpointError(
-                f"{run.out} already holds a checkpoint ({latest}); pass --resume to continue "
-                "that run, or choose another --out"
+                f"{run.out} already holds a checkpoint ({found[0]}); pass --resume to "
+                "continue that run, or choose another --out"
             )
-        return None
+        return []
     if run.resume == "auto":
-        return latest if latest.exists() else None
+        return found
     if run.resume == "yes":
-        if not latest.exists():
+        if not found:
             raise CheckpointError(
                 f"--resume: no checkpoint in {run.out}; use --resume auto to start fresh "
                 "when there is none"
             )
-        return latest
+        return found
     path = Path(run.resume)
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file")
-    return path
+    return [path]
 
 
 def schedule_legs(
@@ -209,9 +223,21 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    if info.is_main:  # partial files of a checkpoint write a kill interrupted
+        for tmp in checkpoint_temps(run_dir):
+            size = tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+            echo(f"removed {tmp} ({size / 2**20:.1f} MiB): a checkpoint write that never "
+                 "finished")
+
     # --- resume: the checkpoint fixes the config (runtime keys may change, the length grow)
-    resume_from = find_resume(run)
-    state = load_checkpoint(resume_from) if resume_from else None
+    state, resume_from, skipped = None, None, []
+    candidates = find_resume(run)
+    if candidates:
+        state, resume_from, skipped = load_first(candidates)
+    for path, why in skipped:
+        echo(f"warning: skipped {path}: {why}; resuming from the newest checkpoint that loads "
+             f"({resume_from})")
     if state is not None:
         saved = task.config_type.from_dict(state["config"])
         changed = diff(saved, cfg, RESUME_KEYS)
@@ -267,6 +293,9 @@ def _train(
     forward = torch.compile(ddp, dynamic=True) if cfg.compile else ddp
     params = [p for p in model.parameters() if p.requires_grad]
     teacher = task.make_teacher(cfg, sources, device)  # online targets only
+    identity = data_identity(sources, teacher)
+    if state is not None:  # before config.json is rewritten: a refused resume changes nothing
+        check_same_data(state["data"].get("identity"), identity, resume_from)
 
     # --- the batch stream from the resume position on
     collate = MaskCollator(mask_config(cfg), sources.grid, seed=cfg.seed)
@@ -285,6 +314,7 @@ def _train(
     )
 
     logger = heartbeat = None
+    result = TrainResult(run_dir, start_step, start_step, total)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg, {
@@ -299,21 +329,17 @@ def _train(
             "git": git_state(Path(__file__).resolve().parent),
             "torch": torch.__version__, "host": platform.node(),
         })
-        logger = MetricsLogger(
-            run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
-            resume_step=start_step, echo=echo, batch_size=cfg.batch_size,
-        )
+        # Before the logger (W&B may take long to start, or fail): a run that dies from
+        # here on shows as failed in `salt status`, not as a live run without a heartbeat.
         heartbeat = Heartbeat(run_dir, total)
         heartbeat.start(start_step)
-        what = f"resumed from {resume_from} at step {start_step}" if state else "started"
-        logger.event(start_step, f"{cfg.name}: {what}; {total} steps of {cfg.batch_size} clips "
-                     f"({layout.micro_batch} per micro-batch x {cfg.grad_accum} accum x "
-                     f"{info.world_size} procs) on {device}; run dir {run_dir}")
 
-    def checkpoint(step: int, path: Path) -> Path:
+    def checkpoint(step: int, path: Path | None = None) -> Path:
+        """The state after ``step`` steps: the run's next checkpoint (rotated), or the file
+        ``path`` (the state before a non-finite stop)."""
         rngs = dist_utils.gather_objects(capture_rng(), info)  # every rank calls this
         if info.is_main:
-            save_checkpoint(path, {
+            ckpt = {
                 **{name: module.state_dict() for name, module in parts.items()},
                 "task": task.name,
                 "optimizer": optimizer.state_dict(),
@@ -324,17 +350,31 @@ def _train(
                 "rng": rngs,
                 "world_size": info.world_size,
                 "data": {"position": step * cfg.batch_size, "epoch": layout.epoch_at(step),
-                         "num_rows": len(rows), "seed": cfg.seed},
-            })
-        return path
+                         "num_rows": len(rows), "seed": cfg.seed, "identity": identity},
+            }
+            if path is not None:
+                return save_checkpoint(path, ckpt)
+            return save_run_checkpoint(run_dir, step, ckpt, cfg.keep_checkpoints,
+                                       cfg.snapshot_every)
+        return path or checkpoint_path(run_dir)
 
-    result = TrainResult(run_dir, start_step, start_step, total)
     # loss, normalised loss, cosine, pre-clip gradient norm: sums since the last log
     sums = torch.zeros(4, dtype=torch.float64)
     n_logged, nonfinite, logged_at = 0, 0, start_step
     feeder = None
     model.train()
     try:
+        if info.is_main:
+            logger = MetricsLogger(
+                run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
+                resume_step=start_step, echo=echo, batch_size=cfg.batch_size,
+            )
+            what = f"resumed from {resume_from} at step {start_step}" if state else "started"
+            if skipped:
+                what += " (skipped " + "; ".join(f"{p.name}: {why}" for p, why in skipped) + ")"
+            logger.event(start_step, f"{cfg.name}: {what}; {total} steps of {cfg.batch_size} "
+                         f"clips ({layout.micro_batch} per micro-batch x {cfg.grad_accum} accum "
+                         f"x {info.world_size} procs) on {device}; run dir {run_dir}")
         # Started last: from here on its thread and workers run ahead of the steps.
         feeder = BatchFeeder(loader, None if teacher else sources.targets, device.type == "cuda")
         t_last, wait = time.perf_counter(), 0.0
@@ -368,12 +408,14 @@ def _train(
                     what = f"non-finite loss/gradient (loss {values[0]}) at step {done}"
                     if nonfinite > cfg.skip_nonfinite:
                         path = checkpoint(step, nonfinite_path(run_dir, done))
+                        latest = checkpoint_path(run_dir)
+                        last = (f"the last regular checkpoint is {latest}" if latest.is_file()
+                                else "no regular checkpoint was written before it")
                         raise NonFiniteLoss(
                             f"{what}, rows {batch.rows.tolist()[:8]}...: stopped after "
                             f"{nonfinite} such step(s) (skip_nonfinite={cfg.skip_nonfinite}). "
-                            f"Saved the state before that step to {path}; the last regular "
-                            f"checkpoint is {checkpoint_path(run_dir)}. Lower lr, keep "
-                            "grad_clip on, or check the store with `salt cache verify`."
+                            f"Saved the state before that step to {path}; {last}. Lower lr, "
+                            "keep grad_clip on, or check the store with `salt cache verify`."
                         )
                     if logger:
                         logger.event(done, f"{what}: step skipped ({nonfinite}/"
@@ -409,11 +451,14 @@ def _train(
                         logger.log(done, record)
                     sums.zero_()
                     n_logged, t_last, wait, logged_at = 0, now, 0.0, done
-                if done % cfg.ckpt_every == 0 or done == end or not go_on:
-                    result.checkpoint = checkpoint(done, checkpoint_path(run_dir))
+                snapshot = cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0
+                if done % cfg.ckpt_every == 0 or snapshot or done == end or not go_on:
+                    result.checkpoint = checkpoint(done)
                     if heartbeat:
                         heartbeat.checkpoint(done)
                 if not go_on:
+                    # a rank whose peer got the signal stops too, and exits as if it had
+                    result.stopped_by = stop.signal_name or "SIGTERM"
                     if logger:
                         logger.event(done, f"{stop.signal_name or 'signal'} received: stopped "
                                      f"at step {done}/{total} with a checkpoint; continue with "

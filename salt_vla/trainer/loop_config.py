@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from salt_vla.errors import ConfigError
+from salt_vla.errors import ConfigError, nonfinite_fields
 from salt_vla.trainer import overrides
 
 C = TypeVar("C", bound="LoopConfig")
@@ -29,7 +29,7 @@ C = TypeVar("C", bound="LoopConfig")
 # executed or logged, never what it computes.
 RUNTIME_KEYS = frozenset(
     {"num_workers", "prefetch_factor", "decode_threads", "log_every", "ckpt_every", "stop_at",
-     "wandb_project", "wandb_run"}
+     "wandb_project", "wandb_run", "keep_checkpoints", "snapshot_every", "verify_reads"}
 )
 # Keys a resumption may raise to extend the run (see ``schedules.py`` for what happens to the
 # learning-rate and weight-decay schedules then).
@@ -85,7 +85,7 @@ class LoopConfig:
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr", "weight_decay",
         "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows", "num_workers",
-        "decode_threads", "seed",
+        "decode_threads", "seed", "keep_checkpoints", "snapshot_every",
     )
     # What `validated` calls this config in its error ("invalid config: ...").
     KIND: ClassVar[str] = "config"
@@ -136,6 +136,8 @@ class LoopConfig:
     num_workers: int = key(8, "DataLoader worker processes decoding frames")
     prefetch_factor: int = key(2, "batches each loader worker prepares ahead")
     decode_threads: int = key(0, "> 1 with num_workers=0: decode in threads (no /dev/shm)")
+    verify_reads: bool = key(True, "check each latent row's crc32c against cache.json as it is "
+                             "read (a mismatch names the row and shard); false skips the check")
     # --- execution
     seed: int = key(0, "seed of the initial weights, the data order and the masks")
     device: str = key("auto", "auto (this process's GPU if any, else cpu), cpu or cuda")
@@ -145,6 +147,10 @@ class LoopConfig:
     # --- logging and checkpoints
     log_every: int = key(10, "steps between metric lines (console, metrics.jsonl, W&B)")
     ckpt_every: int = key(1000, "steps between checkpoints (one is also written at the end)")
+    keep_checkpoints: int = key(2, "earlier checkpoints kept beside the latest (ckpt-STEP.pt); "
+                                "a resume falls back to them when the latest does not load")
+    snapshot_every: int = key(0, "> 0: also checkpoint every N steps and keep those for good "
+                              "(never rotated out; for learning curves of one run)")
     wandb_project: str = key("salt-vla", "W&B project (with --wandb online or offline)")
     wandb_run: str = key("", "W&B run name; empty: the run directory's name")
     notes: str = key("", "one line about the config, shown by `salt exp list`", compare=False)
@@ -176,8 +182,9 @@ class LoopConfig:
         return overrides.parse_overrides(items, cls)
 
     def problems(self) -> list[str]:
-        """Every range and choice problem of the shared keys (a stage extends it)."""
-        problems = []
+        """Every range and choice problem of the shared keys (a stage extends it); first any
+        NaN or infinite float, of any key of the stage's class (no range check sees those)."""
+        problems = [f"{item}: must be a finite number" for item in nonfinite_fields(self)]
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: choose one of "
