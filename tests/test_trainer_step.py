@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import step_scenarios
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import step_scenarios
 from salt_vla import distributed as dist_utils
 from salt_vla.masking.collator import MaskCollator, check_group
 from salt_vla.masking.config import MaskConfig
