@@ -12,10 +12,10 @@ import functools
 from pathlib import Path
 
 import pytest
+import step_scenarios
 import torch
 from torch._dynamo.utils import counters
 
-import step_scenarios
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.trainer.build import build_model, config_grid, mask_config
 from salt_vla.trainer.experiments import resolve
