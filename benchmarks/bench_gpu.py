@@ -299,6 +299,16 @@ def sdpa_ops(batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.dt
     return [n for n in names if n != "aten::scaled_dot_product_attention"] or ["math (unfused)"]
 
 
+def sdpa_priority() -> str:
+    """torch's SDPA backend order (the first whose constraints the call meets runs)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return ", ".join(SDPBackend(i).name.lower() for i in torch._C._get_sdp_priority_order())
+    except (AttributeError, ImportError, ValueError):
+        return "?"
+
+
 def syncs_per_step(args: argparse.Namespace, sources: DataSources | None, tmp: Path,
                    batch: int) -> str:
     """Synchronising CUDA calls the sync debug mode reports, N vs 2N steps with one log at
@@ -403,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     n_ctx = masks[0][0].shape[1]
     n_all = n_ctx + masks[0][1].shape[1]
     p_heads = base.predictor_heads
+    print(f"# SDPA backend priority: {sdpa_priority()}")
     for who, heads, tokens, hd in (("student", s_heads, n_ctx, s_dim // s_heads),
                                    ("predictor", p_heads, n_all, base.predictor_width // p_heads)):
         ops = sdpa_ops(args.batches[0], heads, tokens, hd, dtype, device)
