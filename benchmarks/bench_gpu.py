@@ -167,13 +167,21 @@ def run_cfg(args: argparse.Namespace, batch: int, compile_: bool, steps: int,
 
 
 def train_once(cfg: TrainConfig, args: argparse.Namespace, sources: DataSources | None,
-               out: Path) -> list[dict[str, Any]]:
-    """Train per ``cfg`` into ``out``; its logged records (the run directory is removed)."""
+               out: Path, device: torch.device) -> list[dict[str, Any]] | None:
+    """Train per ``cfg`` into ``out`` (removed after) from a fresh peak-memory count: its
+    logged records, or None when it ran out of device memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         train(cfg, RunSpec(out=out, cache=args.cache), sources, echo=lambda s: None)
         return [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        return None
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        free_device(device)
 
 
 def timed_row(args: argparse.Namespace, row: Row, sources: DataSources | None, tmp: Path,
@@ -181,20 +189,15 @@ def timed_row(args: argparse.Namespace, row: Row, sources: DataSources | None, t
     """Fill ``row`` from a run of ``--warmup`` + ``--steps`` steps (or note the OOM)."""
     cfg = run_cfg(args, row.batch, row.compile, args.warmup + args.steps, args.log_every)
     torch.backends.cudnn.benchmark = row.cudnn_benchmark
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     try:
-        recs = train_once(cfg, args, sources, tmp / "run")
-    except Exception as e:
-        if not is_oom(e):
-            raise
-        row.note = "out of memory"
-        return row
+        recs = train_once(cfg, args, sources, tmp / "run", device)
     finally:
         torch.backends.cudnn.benchmark = False
         if row.compile:
             torch._dynamo.reset()
-        free_device(device)
+    if recs is None:
+        row.note = "out of memory"
+        return row
     timed = [r for r in recs if r["step"] > args.warmup]
     seconds = sum(r[INTERVAL_KEY] for r in timed)
     clips = sum(r[CLIPS_KEY] for r in timed)
@@ -267,19 +270,11 @@ def fits_in_memory(args: argparse.Namespace, sources: DataSources | None, tmp: P
     """``fits(batch)``: two training steps (the second holds AdamW's state) run without OOM."""
 
     def fits(batch: int) -> bool:
-        cfg = run_cfg(args, batch, False, 2, 1)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            recs = train_once(cfg, args, sources, tmp / "fit")
-        except Exception as e:
-            if not is_oom(e):
-                raise
-            return False
-        finally:
-            free_device(device)
-        peaks[batch] = max((r.get("gpu_peak_gib", math.nan) for r in recs), default=math.nan)
-        return True
+        recs = train_once(run_cfg(args, batch, False, 2, 1), args, sources, tmp / "fit", device)
+        if recs is not None:
+            peaks[batch] = max((r.get("gpu_peak_gib", math.nan) for r in recs),
+                               default=math.nan)
+        return recs is not None
 
     return fits
 
@@ -310,9 +305,9 @@ def sdpa_priority() -> str:
 
 
 def syncs_per_step(args: argparse.Namespace, sources: DataSources | None, tmp: Path,
-                   batch: int) -> str:
-    """Synchronising CUDA calls the sync debug mode reports, N vs 2N steps with one log at
-    the end: the difference over N is the step's own."""
+                   batch: int, device: torch.device) -> str:
+    """Synchronising CUDA calls the sync debug mode reports (any thread), N vs 2N steps with
+    one log at the end: the difference over N is the step's own."""
     counts = []
     for steps in (args.log_every, 2 * args.log_every):
         cfg = run_cfg(args, batch, False, steps, steps)
@@ -320,7 +315,7 @@ def syncs_per_step(args: argparse.Namespace, sources: DataSources | None, tmp: P
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_once(cfg, args, sources, tmp / "sync")
+                train_once(cfg, args, sources, tmp / "sync", device)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
@@ -423,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench_gpu.") as tmp_dir:
         tmp = Path(tmp_dir)
         if device.type == "cuda":
-            print(f"# host syncs: {syncs_per_step(args, sources, tmp, args.batches[0])}",
+            print(f"# host syncs: {syncs_per_step(args, sources, tmp, args.batches[0], device)}",
                   flush=True)
         compiles = {"both": (False, True), "on": (True,), "off": (False,)}[args.compile]
         bm = args.cudnn_benchmark == "on"

@@ -130,3 +130,52 @@ def test_gpu_check_script_cpu_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"data: {tmp_path / 'cache'}" in done.stdout
     assert "\n| 4 | off | off | " in done.stdout
+
+
+def _args(bench, tmp_path: Path):  # noqa: ANN001, ANN202
+    return bench.parse_args([
+        "--device", "cpu", "--exp", "tiny", "--batches", "4", "--steps", "1", "--warmup", "0",
+        "--log-every", "1", "--rows", "8", "--workers", "0", "--set", "student_dim=64",
+        "--set", "student_depth=1", "--set", "student_heads=2", "--set", "predictor_depth=1"])
+
+
+def test_cuda_only_helpers_run_their_course_on_the_cpu(bench, tmp_path: Path,  # noqa: ANN001
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync count, the fit test and the OOM handling, driven on the CPU (the sync debug
+    mode is stubbed: it needs a CUDA driver), so a GPU session does not find a typo."""
+    import warnings
+
+    args = _args(bench, tmp_path)
+    data = bench.memory_data(bench.run_cfg(args, 4, False, 1, 1), args.rows)
+    from salt_vla.trainer.sources import memory_sources
+
+    sources = memory_sources(bench.run_cfg(args, 4, False, 1, 1), *data)
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    real_train = bench.train
+
+    def train_warning_per_step(cfg, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        for _ in range(cfg.max_steps):  # as a step that synchronised would, once per step
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        return real_train(cfg, *a, **kw)
+
+    monkeypatch.setattr(bench, "train", train_warning_per_step)
+    line = bench.syncs_per_step(args, sources, tmp_path, 4, torch.device("cpu"))
+    assert line.startswith("1.00 per step (1 in 1 steps, 2 in 2;"), line
+    assert modes == ["warn", "default", "warn", "default"]
+    monkeypatch.setattr(bench, "train", real_train)
+
+    peaks: dict[int, float] = {}
+    assert bench.fits_in_memory(args, sources, tmp_path, torch.device("cpu"), peaks)(4)
+    assert list(peaks) == [4] and not list(tmp_path.glob("fit*"))  # run dir removed
+
+    def oom(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(bench, "train", oom)
+    assert not bench.fits_in_memory(args, sources, tmp_path, torch.device("cpu"), peaks)(8)
+    row = bench.timed_row(args, bench.Row(8, False, False), sources, tmp_path,
+                          torch.device("cpu"))
+    assert row.note == "out of memory" and math.isnan(row.clips_s)
+    assert "| 8 | off | off | n/a | n/a | n/a | n/a | n/a | n/a | n/a | out of memory |" in \
+        bench.table([row])
