@@ -2,7 +2,12 @@
 
     setup -> resume? -> data -> models -> optimiser -> for each step:
         schedules -> (micro-batches: frames -> [teacher] -> student/predictor -> backward)
-        -> finite? -> clip -> AdamW step -> log -> checkpoint
+        -> clip -> AdamW step unless non-finite -> [read stats, log] -> checkpoint
+
+The step never waits for the accelerator: its statistics and the non-finite decision stay on
+the device (``step_stats.py``, ``optim.step_unless``) and the host reads them every
+``log_every`` steps, before a checkpoint and at the end. Under torchrun the ranks also agree
+on a stop request (Ctrl-C, SIGTERM) there, so a stop waits for the next such step.
 
 Everything that decides *what* is computed (data order, masks, schedules) is a pure function
 of (config, step), and the checkpoint holds the rest (weights, optimiser, RNG), so a resumed
@@ -68,8 +73,9 @@ from salt_vla.trainer.data import (
 from salt_vla.trainer.interrupt import StopRequest, exit_code_for
 from salt_vla.trainer.loop_config import EXTEND_KEYS, RESUME_KEYS, LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
-from salt_vla.trainer.optim import build_optimizer, set_schedules
+from salt_vla.trainer.optim import build_optimizer, set_schedules, step_unless
 from salt_vla.trainer.sources import DataSources, check_same_data, data_identity
+from salt_vla.trainer.step_stats import DeviceStats
 from salt_vla.trainer.task import SALT_TASK, Task
 
 
@@ -358,9 +364,46 @@ def _train(
                                        cfg.snapshot_every)
         return path or checkpoint_path(run_dir)
 
-    # loss, normalised loss, cosine, pre-clip gradient norm: sums since the last log
+    # Per-step statistics stay on the device and are read every `log_every` steps (before a
+    # checkpoint, at the end): `step_stats.py`. Host side: sums since the last log of loss,
+    # normalised loss, cosine and pre-clip gradient norm over the applied steps.
+    stats_buf = DeviceStats(cfg.log_every, cfg.skip_nonfinite, device, info)
     sums = torch.zeros(4, dtype=torch.float64)
     n_logged, nonfinite, logged_at = 0, 0, start_step
+
+    def read_steps(now_at: int) -> None:
+        """Bring the buffered steps to the host (at step ``now_at``) and replay the skip rule
+        the device applied: log each skipped step; stop at the one past ``skip_nonfinite``."""
+        nonlocal n_logged, nonfinite
+        for rec in stats_buf.drain():
+            if rec.finite:
+                result.losses.append(rec.values[0])
+                result.norm_losses.append(rec.values[1])
+                sums.add_(torch.tensor(rec.values, dtype=torch.float64))
+                n_logged += 1
+                continue
+            nonfinite += 1
+            what = f"non-finite loss/gradient (loss {rec.values[0]}) at step {rec.step}"
+            if nonfinite > cfg.skip_nonfinite:
+                # The device applied no update from this step on: the weights and optimiser
+                # are those before it; put its schedule back and save them as they were.
+                set_schedules(optimizer, rec.step - 1, total, cfg, legs)
+                result.step = rec.step - 1
+                path = checkpoint(rec.step - 1, nonfinite_path(run_dir, rec.step))
+                rows = rec.rows.tolist()[:8] if rec.rows is not None else "?"
+                latest = checkpoint_path(run_dir)
+                last = (f"the last regular checkpoint is {latest}" if latest.is_file()
+                        else "no regular checkpoint was written before it")
+                raise NonFiniteLoss(
+                    f"{what}, rows {rows}...: stopped after {nonfinite} such step(s) "
+                    f"(skip_nonfinite={cfg.skip_nonfinite}; read at step {now_at} with the steps "
+                    f"before it). Saved the state before that step to {path}; {last}. Lower "
+                    "lr, keep grad_clip on, or check the store with `salt cache verify`."
+                )
+            if logger:
+                logger.event(rec.step, f"{what}: step skipped ({nonfinite}/"
+                             f"{cfg.skip_nonfinite} tolerated)")
+
     feeder = None
     model.train()
     try:
@@ -397,40 +440,23 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 )
-                values = stats.tolist() + [float(grad_norm)]
-                ok = math.isfinite(values[0]) and math.isfinite(values[3])
-                # One collective: every rank takes the same skip / stop branch.
-                finite, go_on = dist_utils.all_min([int(ok), int(not stop.requested)], info)
                 done = step + 1
-                if not finite:
-                    optimizer.zero_grad(set_to_none=True)
-                    nonfinite += 1
-                    what = f"non-finite loss/gradient (loss {values[0]}) at step {done}"
-                    if nonfinite > cfg.skip_nonfinite:
-                        path = checkpoint(step, nonfinite_path(run_dir, done))
-                        latest = checkpoint_path(run_dir)
-                        last = (f"the last regular checkpoint is {latest}" if latest.is_file()
-                                else "no regular checkpoint was written before it")
-                        raise NonFiniteLoss(
-                            f"{what}, rows {batch.rows.tolist()[:8]}...: stopped after "
-                            f"{nonfinite} such step(s) (skip_nonfinite={cfg.skip_nonfinite}). "
-                            f"Saved the state before that step to {path}; {last}. Lower lr, "
-                            "keep grad_clip on, or check the store with `salt cache verify`."
-                        )
-                    if logger:
-                        logger.event(done, f"{what}: step skipped ({nonfinite}/"
-                                     f"{cfg.skip_nonfinite} tolerated)")
-                else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    result.losses.append(values[0])
-                    result.norm_losses.append(values[1])
-                    sums += torch.tensor(values, dtype=torch.float64)
-                    n_logged += 1
+                # Decided on the device: no host read in the step (see step_stats.py).
+                step_unless(optimizer, stats_buf.record(done, stats, grad_norm, batch.rows))
+                optimizer.zero_grad(set_to_none=True)
                 result.step = done
                 if heartbeat:
                     heartbeat.beat(done)
 
+                boundary = (done % cfg.log_every == 0 or done % cfg.ckpt_every == 0
+                            or done == end or stats_buf.full)
+                if info.enabled:  # the ranks agree on a stop where they read the device
+                    go_on = not boundary or bool(
+                        dist_utils.all_min([int(not stop.requested)], info)[0])
+                else:
+                    go_on = not stop.requested
+                if boundary or not go_on:
+                    read_steps(done)  # raises NonFiniteLoss past skip_nonfinite
                 if n_logged and (done % cfg.log_every == 0 or done == end or not go_on):
                     means = dist_utils.all_reduce_mean(sums.to(device) / n_logged, info).tolist()
                     now = time.perf_counter()

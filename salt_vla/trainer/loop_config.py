@@ -129,7 +129,8 @@ class LoopConfig:
     grad_clip: float = key(0.02, "clip the global gradient norm to this; 0 disables "
                            "(V-JEPA uses 10)")
     skip_nonfinite: int = key(0, "tolerate this many non-finite-loss steps (skipped) before "
-                              "stopping")
+                              "stopping; seen every log_every steps, so a stop comes up to "
+                              "log_every-1 steps late, with the state before the bad step")
     # --- data
     limit_rows: int = key(0, "> 0: train on the first N rows (clips) only (overfitting "
                           "checks)")
