@@ -43,7 +43,7 @@ def test_a_library_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """`salt train --targets online` on a root without labels.json (was a 61-line traceback)."""
     res = CliRunner().invoke(app, ["train", "--exp", "tiny", "--targets", "online", "--data",
                                    str(tmp_path), "--out", str(tmp_path / "run"), "--set",
-                                   "teacher_ckpt=random:vit_tiny:0"])
+                                   "teacher=random:vit_tiny:0"])
     assert res.exit_code == 1, res.output
     assert isinstance(res.exception, SystemExit), f"a traceback, not a message: {res.exception!r}"
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]

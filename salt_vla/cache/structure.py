@@ -71,21 +71,24 @@ class ShardCheck:
 
 
 def check_structure(root: Path | str, meta: dict[str, Any] | None = None, *,
-                    commit_records: bool = True, threads: int | None = None) -> list[str]:
+                    commit_records: bool = True, uncommitted: bool = True,
+                    threads: int | None = None) -> list[str]:
     """Every structural problem of the store at ``root`` (``meta``: its cache.json, when
     read already), one line each naming the file and the fix; empty when sound.
 
     O(shards): no data bytes are read (see the module docstring). ``commit_records``: also
     compare each shard's commit record with cache.json (``salt cache verify`` does; a trainer
-    that trusts cache.json may skip the ~1 ms per shard). Raises CacheFormatError when
-    cache.json itself is unreadable.
+    that trusts cache.json may skip the ~1 ms per shard). ``uncommitted``: also list the
+    shards not committed (a trainer reads only the committed ones). Raises CacheFormatError
+    when cache.json itself is unreadable.
     """
     root = Path(root)
     meta = read_manifest(root) if meta is None else meta
     problems = zarr_metadata_problems(root, meta)
     shards = [s for s in meta["shards"] if s.get("status") == SHARD_COMMITTED]
-    problems += [f"shard {s['index']} (rows {s['row_start']}..{s['row_stop'] - 1}) is not "
-                 "committed" for s in meta["shards"] if s.get("status") != SHARD_COMMITTED]
+    if uncommitted:
+        problems += [f"shard {s['index']} (rows {s['row_start']}..{s['row_stop'] - 1}) is not "
+                     "committed" for s in meta["shards"] if s.get("status") != SHARD_COMMITTED]
     for check in check_shards(root, meta, shards, commit_records=commit_records,
                               threads=threads):
         problems += check.problems

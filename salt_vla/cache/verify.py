@@ -293,7 +293,7 @@ def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
     t = meta["teacher"]
     if not source.startswith("random:") and not Path(source).is_file():
         report.add(name, [f"cannot recompute: the teacher checkpoint {source!r} recorded in "
-                          f"cache.json does not exist here; pass --teacher-ckpt PATH"], "")
+                          f"cache.json does not exist here; pass --teacher PATH"], "")
         return
     try:
         import torch

@@ -6,9 +6,19 @@ from pathlib import Path
 
 import typer
 
-from salt_vla.cli.common import cache_dir_arg, fail, group, main_rank_echo, say, show_resolved
+from salt_vla.cli.common import (
+    cache_dir_arg,
+    deprecated_option,
+    fail,
+    group,
+    main_rank_echo,
+    say,
+    show_resolved,
+)
 from salt_vla.cli.options import (
     DataOpt,
+    TeacherArchOpt,
+    TeacherOpt,
     ViewCropScaleOpt,
     ViewFrameStepOpt,
     ViewHflipOpt,
@@ -33,9 +43,13 @@ app = group("Stage 1: build, verify and inspect the teacher-latent cache.")
     "latents.zarr (sharded zarr v3) + frames/ (webdataset tars) + cache.json. Resumable: a "
     "re-run of the same command skips committed shards. Bad videos are listed in "
     "failures.jsonl and the build goes on. Multi-GPU / multi-node: `torchrun "
-    "--nproc_per_node N $(which salt) cache build ...` (each rank builds its own shards).",
+    "--nproc_per_node N $(which salt) cache build ...` (each rank builds its own shards). "
+    "It first prints the plan (rows, shards, bytes, free space, settings; --dry-run: only "
+    "that) and refuses an unwritable or too small destination. An exported stage-1 teacher's "
+    "arch and view (TEACHER.json) fill in the options left out.",
 )
 def cache_build(
+    ctx: typer.Context,
     data_root: Path | None = typer.Argument(
         None,
         help="Dataset root in the SSv2 layout. Default: --data, else $SALT_DATA, else /mnt/ssv2.",
@@ -43,26 +57,12 @@ def cache_build(
     ),
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split to cache: train, validation, test."),
-    teacher_ckpt: Path | None = typer.Option(
-        None,
-        "--teacher-ckpt",
-        help="VideoMAEv2 checkpoint (.pth/.pt/.safetensors, fine-tuned or distilled encoder, "
-        "e.g. vit_b_k710_dl_from_giant.pth). Its sha256 is recorded in cache.json.",
+    teacher: str | None = TeacherOpt,
+    teacher_ckpt: str | None = typer.Option(
+        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
         show_default=False,
     ),
-    teacher: str | None = typer.Option(
-        None,
-        "--teacher",
-        help="Instead of --teacher-ckpt: 'random:ARCH:SEED', a seeded randomly initialised "
-        "teacher (tests and the demo), e.g. random:vit_tiny:0.",
-        show_default=False,
-    ),
-    teacher_arch: str = typer.Option(
-        "vit_base",
-        "--teacher-arch",
-        help="Architecture of the checkpoint: vit_tiny, vit_small, vit_base, vit_large, "
-        "vit_huge, vit_giant (random: sources name their own).",
-    ),
+    teacher_arch: str | None = TeacherArchOpt,
     layer: int = typer.Option(
         -1, "--layer", help="Block whose tokens are the targets (negative counts from the end)."
     ),
@@ -136,22 +136,33 @@ def cache_build(
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show the progress line (videos/s, ETA)."
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan (rows, shards, bytes on disk, free space, "
+        "settings) and stop; nothing is written."),
+    estimate: int = typer.Option(
+        0, "--estimate", help="Also time the first N videos through the real pipeline (decode, "
+        "JPEG, teacher, writer) into a temporary store, and print the measured JPEG size and "
+        "the wall time this build will take.", show_default=False),
+    force: bool = typer.Option(
+        False, "--force", help="Start even when the free space at the destination is smaller "
+        "than the latents need, or the write check fails."),
 ) -> None:
     """Build the latent cache of one split (see the command's help)."""
     import sys
 
-    from salt_vla.cache.build import BuildConfig, build_cache
+    from salt_vla.cache.build import BuildConfig, build_cache, plan_build
     from salt_vla.cache.pipeline import PipelineConfig, default_decoders
-    from salt_vla.data.view import ViewSpec
+    from salt_vla.cache.teacher_choice import choose_teacher
     from salt_vla.paths import Resolved, resolve_cache_dir, resolve_data_root
 
     echo, main = main_rank_echo()
-    if (teacher_ckpt is None) == (teacher is None):
-        raise fail("give the teacher as --teacher-ckpt PATH or --teacher random:ARCH:SEED "
-                   "(exactly one)")
-    source = str(teacher_ckpt) if teacher_ckpt is not None else str(teacher)
-    spec = ViewSpec.from_preset(
-        view_preset, num_frames=num_frames, size=size, sampling=sampling, frame_step=frame_step,
+    source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
+    if source is None:
+        raise fail("give the teacher: --teacher PATH (a VideoMAEv2 checkpoint, sized by "
+                   "--teacher-arch) or --teacher random:ARCH:SEED")
+    choice = choose_teacher(  # a stage-1 teacher's record fills in what was not typed
+        source, teacher_arch, view_preset if _typed(ctx, "view_preset") else None,
+        num_frames=num_frames, size=size, sampling=sampling, frame_step=frame_step,
         resize=resize, temporal_jitter=temporal_jitter, crop_scale=crop_scale, hflip=hflip,
         seed=view_seed, n_views=views)
     root = resolve_data_root(data_root if data_root is not None else data)
@@ -163,18 +174,25 @@ def cache_build(
         show_resolved("data root", root)
         show_resolved("cache", out_dir)
     n_workers = workers if workers is not None else default_decoders()
-    echo(f"teacher: {source}  view: {spec.hash()} {spec.to_dict()}")
-    echo(f"shards of {shard_size} rows, teacher batch {batch_size}, {n_workers} decoder "
-         f"processes per rank, {dtype}")
+    for note in choice.notes:
+        echo(note)
     cfg = BuildConfig(
-        data_root=root.path, out=out_dir.path, teacher=source, view=spec, split=split,
-        teacher_arch=teacher_arch, layer=layer, target_norm=target_norm, dtype=dtype,
+        data_root=root.path, out=out_dir.path, teacher=source, view=choice.view, split=split,
+        teacher_arch=choice.arch, layer=layer, target_norm=target_norm, dtype=dtype,
         shard_size=shard_size, limit=limit, allow_missing=allow_missing, device=device,
         video_backend=video_backend,
         pipeline=PipelineConfig(batch_size=batch_size, workers=n_workers,
                                 decode_timeout=decode_timeout),
-        command=("salt", *sys.argv[1:]), show_progress=progress,
+        command=("salt", *sys.argv[1:]), show_progress=progress, tubelet=choice.tubelet,
+        patch=choice.patch, force=force, estimate=estimate,
     )
+    if dry_run:
+        plan = plan_build(cfg)
+        for line in plan.lines():
+            echo(line)
+        for line in [*plan.check(), "dry run: nothing written"]:  # check() may refuse
+            echo(line)
+        return
     try:
         result = build_cache(cfg)
     except KeyboardInterrupt:
@@ -182,6 +200,12 @@ def cache_build(
                    "resume", code=130) from None
     for line in result.summary_lines():
         echo(line)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Option ``name`` was given (not defaulted): only then does it beat a teacher's record."""
+    source = ctx.get_parameter_source(name)  # an enum of typer's bundled click: by name
+    return source is not None and source.name != "DEFAULT"
 
 
 @app.command(
@@ -199,7 +223,7 @@ def cache_build(
 def cache_verify(
     directory: Path | None = typer.Argument(
         None,
-        metavar="[DIR]",
+        metavar="DIR",
         help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
         show_default=False,
     ),
@@ -210,12 +234,18 @@ def cache_verify(
         "--recompute",
         help="Also re-run the teacher on K random rows' stored frames and compare with their "
         "latents (needs a random: teacher or its checkpoint at the recorded path or "
-        "--teacher-ckpt).",
+        "--teacher).",
     ),
-    teacher_ckpt: Path | None = typer.Option(
+    teacher: str | None = typer.Option(
         None,
-        "--teacher-ckpt",
-        help="Checkpoint for --recompute when it moved since the build (sha256 must match).",
+        "--teacher",
+        metavar="PATH",
+        help="Teacher checkpoint for --recompute when it moved since the build (its sha256 "
+        "must match the recorded one).",
+        show_default=False,
+    ),
+    teacher_ckpt: str | None = typer.Option(
+        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
         show_default=False,
     ),
     quick: bool = typer.Option(
@@ -248,8 +278,9 @@ def cache_verify(
     if sample is not None and sample <= 0:
         raise typer.BadParameter("--sample FRACTION must be > 0")
     root = cache_dir_arg(directory, data, split)
+    source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
     report = verify_store(root, quick=quick, sample=sample, recompute=recompute,
-                          teacher_ckpt=teacher_ckpt, device=device, seed=seed, threads=threads,
+                          teacher_ckpt=source, device=device, seed=seed, threads=threads,
                           progress=print_progress())
     say(report.table())
     for note in report.notes:
@@ -271,7 +302,7 @@ def cache_verify(
 def cache_info(
     directory: Path | None = typer.Argument(
         None,
-        metavar="[DIR]",
+        metavar="DIR",
         help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
         show_default=False,
     ),

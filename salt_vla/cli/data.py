@@ -77,10 +77,18 @@ def data_synth(
         "colour vs the same scene played physically): OUT/pairs.json + OUT/videos/*.webm, "
         "see docs/intphys.md. --classes and --splits do not apply.",
     ),
+    layout: str = typer.Option(
+        "pairs",
+        "--layout",
+        help="With --intphys: pairs (pairs.json) or intphys2 (IntPhys 2's layout: "
+        "OUT/Main/metadata.csv with its exact header + OUT/Main/Videos/<name>.mp4, --videos/4 "
+        "scenes of two pairs; a small stand-in for trying the reader, not the benchmark).",
+    ),
 ) -> None:
     """Generate a synthetic SSv2-style dataset (see the command's help)."""
     from salt_vla.data.synth import (
         SynthConfig,
+        check_splits_filled,
         generate_dataset,
         parse_range,
         parse_size,
@@ -88,7 +96,7 @@ def data_synth(
     )
 
     if intphys:  # the eval section's generator (salt_vla.eval.intphys_synth)
-        _synth_intphys(out, videos, frames, size, fps, seed, workers, force)
+        _synth_intphys(out, videos, frames, size, fps, seed, workers, force, layout)
         return
     height, width = parse_size(size)
     cfg = SynthConfig(
@@ -96,6 +104,7 @@ def data_synth(
         seed=seed, splits=parse_splits(splits), background=background,
         distractors=parse_range("--distractors", distractors),
     )
+    check_splits_filled(cfg)
     out = out.expanduser().resolve()
     say(f"out: {out}  (from OUT)")
     say(f"config: {videos} videos, {classes} classes, {frames} frames of {height}x{width} at "
@@ -116,30 +125,44 @@ def data_synth(
 
 def _synth_intphys(
     out: Path, videos: int, frames: int, size: str, fps: int, seed: int,
-    workers: int | None, force: bool,
+    workers: int | None, force: bool, layout: str,
 ) -> None:
-    """`salt data synth --intphys OUT`: matched possible/impossible pairs (videos // 2)."""
+    """`salt data synth --intphys OUT`: matched possible/impossible pairs (videos // 2), as
+    pairs.json or in IntPhys 2's layout (videos // 4 scenes)."""
     from salt_vla.data.synth import default_workers, parse_size
-    from salt_vla.eval.intphys_synth import IntPhysSynthConfig, generate_intphys
+    from salt_vla.eval.intphys_synth import (
+        LAYOUTS,
+        IntPhysSynthConfig,
+        generate_intphys,
+        generate_intphys2,
+    )
 
+    if layout not in LAYOUTS:
+        raise fail(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     height, width = parse_size(size)
-    cfg = IntPhysSynthConfig(pairs=max(1, videos // 2), frames=frames, height=height,
-                             width=width, fps=fps, seed=seed)
+    pairs = max(1, videos // 2) if layout == "pairs" else 2 * max(1, videos // 4)
+    cfg = IntPhysSynthConfig(pairs=pairs, frames=frames, height=height, width=width, fps=fps,
+                             seed=seed)
     out = out.expanduser().resolve()
     say(f"out: {out}  (from OUT)")
-    say(f"intphys pairs: {cfg.pairs} ({2 * cfg.pairs} videos), kinds {', '.join(cfg.kinds)}, "
-        f"{frames} frames of {height}x{width} at {fps} fps, seed {seed}")
-    step = max(1, cfg.pairs // 10)
+    say(f"intphys pairs: {cfg.pairs} ({2 * cfg.pairs} videos, layout {layout}), kinds "
+        f"{', '.join(cfg.kinds)}, {frames} frames of {height}x{width} at {fps} fps, seed {seed}")
+    unit = "pairs" if layout == "pairs" else "scenes"
+    total = cfg.pairs if layout == "pairs" else cfg.pairs // 2
+    step = max(1, total // 10)
 
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            say(f"  {done}/{total} pairs")
+    def progress(done: int, n: int) -> None:
+        if done % step == 0 or done == n:
+            say(f"  {done}/{n} {unit}")
 
-    summary = generate_intphys(out, cfg, workers=workers or default_workers(), force=force,
-                               progress=progress)
+    generate = generate_intphys if layout == "pairs" else generate_intphys2
+    summary = generate(out, cfg, workers=workers or default_workers(), force=force,
+                       progress=progress)
     kinds = ", ".join(f"{k} {n}" for k, n in summary.by_kind.items())
-    say(f"wrote {summary.pairs} pairs ({kinds}) in {summary.seconds:.1f} s")
-    say(f"pairs: {out / 'pairs.json'}")
+    scenes = f" in {summary.scenes} scenes" if summary.scenes else ""
+    say(f"wrote {summary.pairs} pairs{scenes} ({kinds}) in {summary.seconds:.1f} s")
+    say(f"metadata: {out / 'Main' / 'metadata.csv'}" if summary.scenes else
+        f"pairs: {out / 'pairs.json'}")
 
 
 @app.command(

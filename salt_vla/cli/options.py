@@ -90,51 +90,102 @@ ViewsOpt = typer.Option(
 )
 
 
+# --- the teacher: one spelling everywhere (salt cache build, salt train --targets online) ----
+
+TeacherOpt = typer.Option(
+    None,
+    "--teacher",
+    metavar="PATH|random:ARCH:SEED",
+    help="The frozen VideoMAEv2 teacher: a checkpoint file (.pth/.pt/.safetensors, fine-tuned "
+    "or distilled encoder, e.g. vit_b_k710_dl_from_giant.pth; size it with --teacher-arch), or "
+    "random:ARCH:SEED, a seeded randomly initialised teacher (tests and the demo), e.g. "
+    "random:vit_tiny:0.",
+    show_default=False,
+)
+TeacherArchOpt = typer.Option(
+    None,
+    "--teacher-arch",
+    metavar="ARCH",
+    help="Size of a --teacher checkpoint: vit_tiny, vit_small, vit_base, vit_large, vit_huge "
+    "or vit_giant (random:ARCH:SEED names its own). Default: vit_base (salt train: the "
+    "config's teacher_arch).",
+    show_default=False,
+)
+
+
 # --- training runs: salt train and salt teacher train (one loop, one run-directory contract)
 
+ConfigOpt = typer.Option(
+    None,
+    "--config",
+    metavar="FILE",
+    help="A config file, TOML (.toml; YAML .yaml/.yml if PyYAML is installed): flat `key = "
+    "value` lines, e.g. written by `salt exp show NAME > FILE` and edited. Applied over "
+    "--exp's preset (or the config defaults without --exp); --set items win over both.",
+    show_default=False,
+)
 SetOpt = typer.Option(
     [],
     "--set",
-    help="Override one config key, KEY=VALUE (repeatable), e.g. --set lr=3e-4 --set "
-    "betas=0.9,0.99. Values are type-checked; unknown keys are refused with the list of "
-    "valid keys (see `salt exp show NAME`).",
+    metavar="KEY=VALUE",
+    help="Override one config key (repeatable), e.g. --set lr=3e-4 --set betas=0.9,0.99. "
+    "Values are type-checked; unknown keys are refused with the list of valid keys (`salt "
+    "exp show --keys`).",
     show_default=False,
 )
 
 RunOutOpt = typer.Option(
     None,
     "--out",
-    help="Run directory. Default: runs/<exp> under the current directory.",
+    metavar="RUN",
+    help="Run directory. Default: runs/<name> under the current directory (the config's "
+    "name: the preset's unless the file or --set name=... says otherwise).",
     show_default=False,
 )
 ResumeOpt = typer.Option(
     False,
     "--resume",
     help="Continue the run in --out from its checkpoint, exactly (error if it has none). "
-    "`--resume auto`: continue if there is a checkpoint, else start fresh. `--resume "
-    "CKPT`: continue from that checkpoint file. Without --resume a run directory that "
-    "already holds a checkpoint is refused.",
+    "Without --exp/--config it takes the config, cache/data and split saved in "
+    "RUN/config.json: `--out RUN --resume` is the whole command; --set may then change "
+    "runtime keys (workers, log_every, ckpt_every, stop_at, W&B names) and extend a run with "
+    "a longer epochs or max_steps: each cosine schedule (lr, weight decay) keeps the value it "
+    "has reached and the rest of it is stretched over the new total (a finished run goes "
+    "on at min_lr / weight_decay_end; warmup is never stretched). `--resume auto`: continue "
+    "if there is a checkpoint, else start fresh. `--resume CKPT`: continue from that "
+    "checkpoint file. Without --resume a run directory that already holds a checkpoint is "
+    "refused.",
 )
 ResumeFromArg = typer.Argument(
     None,
-    metavar="[auto|CKPT]",
+    metavar="auto|CKPT",
     help="Only after --resume: `auto` or a checkpoint path.",
     show_default=False,
 )
 WandbOpt = typer.Option(
     None,
     "--wandb",
-    help="online | offline | disabled. Default: disabled unless WANDB_MODE or "
-    "WANDB_API_KEY is set. Offline runs write under the run directory, no network. "
-    "Project and run name: --set wandb_project=... --set wandb_run=...",
+    metavar="MODE",
+    help="online | offline | disabled. Default: WANDB_MODE if set, else disabled (an API "
+    "key alone turns nothing on). Offline runs write under the run directory, no network. "
+    "W&B never stops a run: online without a key, or a start that fails or takes over 30 s, "
+    "is one warning and offline. Project and run name: --set wandb_project=... --set "
+    "wandb_run=...",
     show_default=False,
 )
 TeacherSetOpt = typer.Option(
     [],
     "--set",
-    help="Override one teacher config key, KEY=VALUE (repeatable), e.g. --set epochs=100 "
-    "--set mask_strategy=multiblock. Values are type-checked; unknown keys are refused with "
-    "the list of valid keys (see `salt teacher show NAME`). --set lr=X turns off the "
-    "batch scaling (blr).",
+    metavar="KEY=VALUE",
+    help="Override one teacher config key (repeatable), e.g. --set epochs=100 --set "
+    "mask_strategy=multiblock. Values are type-checked; unknown keys are refused with the "
+    "list of valid keys (`salt teacher show --keys`). --set lr=X turns off the batch "
+    "scaling (blr).",
     show_default=False,
+)
+KeysOpt = typer.Option(
+    False,
+    "--keys",
+    help="List every key instead: its type, default (NAME's value when given) and "
+    "description.",
 )

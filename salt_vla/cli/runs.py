@@ -17,28 +17,36 @@ SWEEP_HELP = (
     "batch. Each run is `salt train --resume auto` in a subprocess writing SWEEP_DIR/<run>/ "
     "(log in train.log); the queue state is SWEEP_DIR/sweep.json, so re-running the same "
     "command after a crash resumes it. Ctrl-C asks the running run to checkpoint and stop. "
-    "Spec format: `salt sweep seed --show-spec`. Exit code 0 when every stage finished."
+    "Spec format: `salt sweep seed --show-spec`. Exit code 0 when every stage finished; 1 "
+    "when a run failed or was stopped; 130 / 143 when the sweep itself got SIGINT / SIGTERM."
 )
 STATUS_HELP = (
 "Is a run alive? For a run directory: alive/stalled/dead/finished (from its "
     "heartbeat.json: pid alive on this host and heartbeat fresh), step/total, last and "
-    "smoothed losses, clips/s, ETA, last checkpoint, peak GPU memory. For a sweep directory: "
+    "smoothed losses, clips/s over the run (clips trained / wall time of its logged "
+    "intervals), ETA at that rate, last checkpoint, peak GPU memory. For a sweep directory: "
     "every stage, its decision and whether the sweep process runs. A folder of runs: each. "
     "Exit code: 0 healthy (running, or finished with finite losses); 1 stalled, dead, failed, "
-    "stopped or a sweep that stopped early; 2 ended with a non-finite loss."
+    "stopped or a sweep that stopped early; 2 ended with a non-finite loss. (`salt train` "
+    "itself exits 130 / 143 when SIGINT / SIGTERM stopped it after its checkpoint.)"
 )
 REPORT_HELP = (
 "Compare runs: a Markdown table (config differences, best and final smoothed "
-    "normalised loss, probe top-1 from RUN/probe*.json, median clips/s, peak GPU memory) and "
-    "PNG plots of loss, normalised loss and learning rate vs step for all runs on shared axes, "
+    "normalised loss, probe top-1 from RUN/probe*.json, each run's clips/s over its training "
+    "time as `salt status` shows it, peak GPU memory) and PNG plots of loss, normalised "
+    "loss and learning rate vs step for all runs on shared axes, "
     "written beside the report as <stem>-loss.png, <stem>-norm_loss.png, <stem>-lr.png."
 )
 EXPORT_HELP = (
-"Export a run's student encoder for use outside salt-vla (e.g. a robot policy): "
-    "weights as .safetensors with the architecture, input format, training view and "
-    "provenance as JSON in its metadata and in a sidecar .json. Load it with "
-    "`salt_vla.load_encoder(path)`: forward(video) -> (tokens [B,N,D], pooled [B,D]) for uint8 "
-    "[B,T,H,W,3] frames or normalised float [B,3,T,H,W]. See docs/export.md."
+"Export a run's student encoder for use outside salt-vla (e.g. a robot policy). Writes a "
+    "directory (default RUN_DIR/encoder): model.safetensors (timm ViT key names), config.json "
+    "(architecture, view, token grid, provenance: run, step, checkpoint/teacher sha256, store "
+    "identity) and README.md (a model card with the run's probe results); every file 0644. "
+    "--out FILE.safetensors writes one self-contained file instead (config in its metadata, "
+    "FILE.json beside it). Load either with `salt_vla.load_encoder(path)` (needs only torch, "
+    "timm, safetensors: `pip install salt-vla`): forward(video) -> (tokens [B,N,D], pooled "
+    "[B,D]) for uint8 [B,T,H,W,3] frames or normalised float [B,3,T,H,W], of the training "
+    "shape or another one. `salt eval probe --encoder PATH` probes it. See docs/export.md."
 )
 
 
@@ -117,7 +125,7 @@ def sweep_cmd(
 
 def status_cmd(
     path: Path = typer.Argument(
-        Path("runs"), help="RUN_DIR, SWEEP_DIR, or a folder of either.",
+        Path("runs"), metavar="PATH", help="RUN_DIR, SWEEP_DIR, or a folder of either.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts)."),
     stall_after: float | None = typer.Option(
@@ -142,7 +150,8 @@ def status_cmd(
 
 def report_cmd(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories to compare; a sweep directory stands for all its runs.",
+        ..., metavar="PATH", help="What to compare, as `salt status` takes it: run "
+        "directories, sweep directories (all their runs) or folders of either.",
         show_default=False,
     ),
     out: Path = typer.Option(Path("report.md"), "--out", help="Markdown file to write."),
@@ -162,7 +171,8 @@ def export_cmd(
     run: Path = typer.Argument(..., help="RUN_DIR (its ckpt.pt) or a checkpoint file.",
                                show_default=False),
     out: Path | None = typer.Option(
-        None, "--out", help="Output .safetensors file. Default: RUN_DIR/encoder.safetensors.",
+        None, "--out", help="Output directory (new, empty, or an earlier export to replace), "
+        "or a FILE.safetensors for the single-file export. Default: RUN_DIR/encoder.",
         show_default=False,
     ),
     dtype: str = typer.Option(
@@ -171,7 +181,7 @@ def export_cmd(
 ) -> None:
     import torch
 
-    from salt_vla.export import export_encoder
+    from salt_vla.export.write import export_encoder
 
     types = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in types:
@@ -179,10 +189,16 @@ def export_cmd(
     say(f"run: {run}  (from RUN)")
     res = export_encoder(run, out, types[dtype])
     c = res.config
-    say(f"encoder: {c['student']['size']} student, {c['embed_dim']} wide, {c['depth']} blocks, "
-        f"{res.num_params / 1e6:.2f} M parameters, {c['dtype']}; step {c['source']['step']} of "
-        f"exp {c['source']['exp']}")
-    say(f"input: {c['input']['uint8']} (uint8) or normalised float; tokens {c['num_tokens']} "
-        f"(grid {'x'.join(map(str, c['grid']))})")
-    say(f"weights: {res.weights.resolve()}  ({'--out' if out else 'default RUN_DIR'})")
-    say(f"config: {res.sidecar.resolve()}")
+    a, p, g = c["architecture"], c["provenance"], c["grid"]
+    say(f"encoder: {a['description']}; salt-vla size {a['student_size']!r}, "
+        f"{res.num_params / 1e6:.2f} M parameters, {c['dtype']}; step {p['step']}/"
+        f"{p['total_steps']} of exp {p['exp']}")
+    say(f"input: {c['input']['uint8']} or normalised float; tokens {g['num_tokens']} (grid "
+        f"{g['t']}x{g['h']}x{g['w']}); other shapes: {c['positions']['time']} positions in "
+        f"time, {c['positions']['space']} in space")
+    say(f"export: {res.path.resolve()}  ({'--out' if out else 'default RUN_DIR/encoder'})")
+    say(f"weights: {res.weights.resolve()}")
+    say(f"config: {res.config_path.resolve()}")
+    if res.card is not None:
+        say(f"model card: {res.card.resolve()}  ({res.probes} probe result(s) from the run)")
+    say(f"next: salt eval probe --encoder {res.path} --data DATA_ROOT")

@@ -1,4 +1,4 @@
-"""What ``salt data info`` reports about an SSv2-layout dataset.
+"""What ``salt data info`` reports about an SSv2-layout dataset (flat or as downloaded).
 
 Counts per split and class, the videos a split lists but the disk lacks, and a decode check
 of a sample of videos (or all of them) that lists the corrupt ones with the reason, plus the
@@ -13,20 +13,19 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from salt_vla.data.ssv2 import (
-    LABELS_FILE,
     SPLITS,
-    VIDEO_SUBDIR,
     SplitIndex,
     SSv2Error,
+    SSv2Layout,
     SSv2MissingVideosWarning,
+    find_layout,
     load_labels,
     load_split,
-    split_path,
 )
 from salt_vla.data.video import VideoDecodeError, decode_chosen
 from salt_vla.errors import ConfigError
@@ -42,9 +41,10 @@ class SplitSummary:
     split: str
     path: Path
     videos: int
-    in_subdir: int  # how many of them are under ROOT/videos/ (the rest are directly in ROOT)
+    in_subdir: int  # how many of them are in a subfolder (the rest are directly in ROOT)
     missing: list[str]
     class_counts: list[int] | None
+    by_dir: dict[str, int] = field(default_factory=dict)  # videos per folder ("." = ROOT)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class DatasetSummary:
 
     root: Path
     labels_path: Path
+    layout: SSv2Layout
     classes: list[str]
     splits: list[SplitSummary]
     absent: list[str]  # splits whose file is not there
@@ -204,18 +205,19 @@ def summarize_dataset(
     if backend not in ("auto", "decord", "pyav"):
         raise ConfigError(f"--backend must be auto, decord or pyav; got {backend!r}")
     root = Path(root)
-    load_labels(root)  # a wrong root fails here first, with the clearest message
+    layout = find_layout(root)  # a wrong root fails here first, with the clearest message
+    load_labels(root, layout)
     if splits is None:
-        wanted = [s for s in SPLITS if split_path(root, s).is_file()]
+        wanted = [s for s in SPLITS if layout.split_path(s).is_file()]
         if not wanted:
-            files = ", ".join(f"{s}.json" for s in SPLITS)
+            files = ", ".join(layout.split_path(s).name for s in SPLITS)
             raise SSv2Error(
-                f"{root} has {LABELS_FILE} but none of the split files ({files}). Point --data "
-                f"at the SSv2 root that holds them."
+                f"{root} has {layout.labels_path.name} but none of the split files ({files}) "
+                f"next to it in {layout.label_dir}. Point --data at the SSv2 root that holds them."
             )
     else:
         wanted = list(dict.fromkeys(splits))
-    absent = [s for s in SPLITS if s not in wanted and not split_path(root, s).is_file()]
+    absent = [s for s in SPLITS if s not in wanted and not layout.split_path(s).is_file()]
 
     indexes: list[SplitIndex] = []
     with warnings.catch_warnings():
@@ -229,13 +231,13 @@ def summarize_dataset(
         # an empty split file says nothing about labels; count it as labeled unless it is test
         labeled = ix.labeled and (bool(ix.entries) or ix.split != "test")
         counts = ix.class_counts().tolist() if labeled else None
-        summaries.append(
-            SplitSummary(ix.split, ix.path, len(ix), ix.num_in_subdir, ix.missing, counts)
-        )
+        summaries.append(SplitSummary(ix.split, ix.path, len(ix), ix.num_in_subdir,
+                                      ix.missing, counts, ix.videos_by_dir()))
     report = scan_videos(indexes, scan, seed, backend, workers, progress)
     return DatasetSummary(
         root=root,
-        labels_path=root / LABELS_FILE,
+        labels_path=layout.labels_path,
+        layout=layout,
         classes=indexes[0].classes,
         splits=summaries,
         absent=absent,
@@ -261,10 +263,12 @@ def _fps(x: float) -> str:
 
 def format_summary(summary: DatasetSummary, show_classes: bool = True) -> list[str]:
     """The report as text lines, for the CLI."""
-    lines = [f"labels: {summary.labels_path}  ({len(summary.classes)} classes)"]
+    lines = [f"layout: {summary.layout.name}",
+             f"labels: {summary.labels_path}  ({len(summary.classes)} classes)"]
     for s in summary.splits:
         where = (
-            f"{s.in_subdir} in {VIDEO_SUBDIR}/, {s.videos - s.in_subdir} in the root"
+            ", ".join(f"{n} in the root" if d == "." else f"{n} in {d}/"
+                      for d, n in s.by_dir.items())
             if s.videos
             else "no videos"
         )

@@ -26,14 +26,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from salt_vla.data.video import write_webm
-from salt_vla.errors import SaltError
+from salt_vla.errors import SaltError, nonfinite_fields
 from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 
 GENERATOR = "salt_vla.data.synth"
@@ -130,6 +130,8 @@ class SynthConfig:
         # Frozen: normalise sequences (e.g. lists from JSON) through object.__setattr__.
         object.__setattr__(self, "splits", tuple(float(f) for f in self.splits))
         object.__setattr__(self, "distractors", tuple(int(d) for d in self.distractors))
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise SynthError(f"{', '.join(bad)}: must be a finite number")
         n = len(ACTIONS)
         if self.classes < 1 or self.classes > n:
             raise SynthError(
@@ -242,6 +244,41 @@ def split_counts(n: int, weights: Sequence[float]) -> list[int]:
     for i in order[: n - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def split_totals(cfg: SynthConfig) -> dict[str, int]:
+    """Videos per split, as :func:`plan_dataset` assigns them (per class, then summed)."""
+    k, n = cfg.classes, cfg.videos
+    totals = dict.fromkeys(SPLITS, 0)
+    for c in range(k):
+        per_class = n // k + (1 if c < n % k else 0)
+        for split, count in zip(SPLITS, split_counts(per_class, cfg.splits), strict=True):
+            totals[split] += count
+    return totals
+
+
+def check_splits_filled(cfg: SynthConfig) -> None:
+    """Refuse a size that leaves a split with a positive weight empty (each class is split on
+    its own, so a few videos per class give the small splits none), naming the smallest
+    ``videos`` that fills every split, or the weights that make it intended."""
+    empty = [s for s, c in split_totals(cfg).items() if c == 0 and cfg.splits[SPLITS.index(s)]]
+    if not empty:
+        return
+    def filled(n: int) -> bool:
+        totals = split_totals(replace(cfg, videos=n))
+        return all(totals[s] or not w for s, w in zip(SPLITS, cfg.splits, strict=True))
+
+    need = cfg.videos + 1
+    while not filled(need):  # ends: enough videos per class give every weighted split one
+        need += 1
+    zero = "/".join("0" if s in empty else f"{w:g}" for s, w in zip(SPLITS, cfg.splits,
+                                                                    strict=True))
+    raise SynthError(
+        f"--videos {cfg.videos} over {cfg.classes} classes at splits "
+        f"{'/'.join(f'{w:g}' for w in cfg.splits)} leaves {' and '.join(empty)} empty (every "
+        f"class is split on its own: at most {-(-cfg.videos // cfg.classes)} video(s) per "
+        f"class); use "
+        f"--videos {need} or more, or --splits {zero} if you want no {' or '.join(empty)}")
 
 
 def plan_dataset(cfg: SynthConfig) -> list[PlannedVideo]:
@@ -698,8 +735,8 @@ def _check_out(out: Path, force: bool) -> dict[str, Any] | None:
         raise SynthError(
             f"{out} is not empty and is not a previous `salt data synth` output (no {MANIFEST} "
             "from it); refusing to write there. Choose a new or empty directory, or pass "
-            "--force (force=True) to write into it anyway: files with the generated names are "
-            "overwritten, nothing else is deleted."
+            "--force to write into it anyway: files with the generated names are overwritten, "
+            "nothing else is deleted."
         )
     return previous
 

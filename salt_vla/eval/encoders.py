@@ -4,9 +4,10 @@
 
 - ``RUN_DIR`` or ``CKPT``: the student of a ``salt train`` run (its ``ckpt.pt``), on the run's
   view unless another view of the same shape is asked for;
-- ``ENCODER.safetensors``: an encoder written by ``salt export``, on its recorded view (same
-  rule); what a run directory, a checkpoint or an export names is decided in one place,
-  :func:`salt_vla.runs.rundir.resolve_run_path`;
+- ``EXPORT_DIR`` or ``ENCODER.safetensors``: an encoder written by ``salt export``, on its
+  recorded view, or on a view of another shape (its position table is resampled for that
+  grid, see docs/export.md); what a run directory, a checkpoint or an export names is
+  decided in one place, :func:`salt_vla.runs.rundir.resolve_run_path`;
 - ``random:ARCH`` or ``random:ARCH:SEED``: a randomly initialised student of size ARCH (tiny,
   small, base, large) with seed SEED (default 0): the "no training" baseline;
 - ``teacher:SOURCE``: the frozen VideoMAEv2 teacher's target tokens (the latents the student
@@ -45,8 +46,8 @@ class EncoderError(SaltError, ValueError):
 
 
 USAGE = (
-    "use RUN_DIR or CKPT (a trained run), ENCODER.safetensors (from `salt export`), "
-    "random:ARCH[:SEED] (ARCH: tiny, small, base, large) or teacher:SOURCE (SOURCE: a "
+    "use RUN_DIR or CKPT (a trained run), EXPORT_DIR or ENCODER.safetensors (from `salt "
+    "export`), random:ARCH[:SEED] (ARCH: tiny, small, base, large) or teacher:SOURCE (SOURCE: a "
     "VideoMAEv2 checkpoint, random:vit_tiny:0, or a RUN_DIR)"
 )
 
@@ -82,12 +83,12 @@ class FrozenEncoder:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _check_same_shape(view: ViewSpec, want: ViewSpec, what: str) -> None:
+def _check_same_shape(view: ViewSpec, want: ViewSpec, what: str, also: str = "") -> None:
     if (view.num_frames, view.size) != (want.num_frames, want.size):
         raise EncoderError(
             f"{what} takes {want.num_frames} frames of {want.size} px, but the view asked for "
             f"gives {view.num_frames} frames of {view.size} px; choose a view preset of that "
-            "shape or leave --view-preset out to use the run's own view"
+            f"shape or leave --view-preset out to use the run's own view{also}"
         )
 
 
@@ -162,7 +163,8 @@ def _run_student(name: str, target: RunPath, view: ViewSpec | None,
 
     run = load_run(target.file, device)
     if view is not None:
-        _check_same_shape(view, run.view, f"the student of {run.checkpoint}")
+        _check_same_shape(view, run.view, f"the student of {run.checkpoint}",
+                          "; an export of the run (`salt export`) takes other clip shapes")
     view = view or run.view
     student = run.student
     describe = dict(run.describe, kind="run", sha256=file_sha256(run.checkpoint))
@@ -172,22 +174,25 @@ def _run_student(name: str, target: RunPath, view: ViewSpec | None,
 
 def _exported(name: str, target: RunPath, view: ViewSpec | None,
               device: torch.device) -> FrozenEncoder:
-    from salt_vla.export import load_encoder
+    """An export (directory or file) on its recorded view, or on ``view`` of any shape its
+    tubelet and patch divide: the position table is resampled (load_encoder's defaults)."""
+    from salt_vla.export.load import load_encoder
     from salt_vla.models.checkpoint import file_sha256
 
-    encoder = load_encoder(target.file, device)
+    encoder = load_encoder(Path(name).expanduser(), device)
     own = ViewSpec.from_dict(encoder.config["view"]["spec"])
-    if view is not None:
-        _check_same_shape(view, own, f"the exported encoder {target.file}")
-    student = encoder.student
-    dtype = student.patch_embed.weight.dtype  # a bf16/fp16 export keeps its stored type
-    source = encoder.config.get("source", {})
+    view = view or own
+    grid = encoder.grid_for(view.num_frames, view.size, view.size)
+    dtype = encoder.patch_embed.proj.weight.dtype  # a bf16/fp16 export keeps its stored type
+    prov, arch = encoder.config.get("provenance", {}), encoder.config["architecture"]
+    c = encoder.cfg
     describe = {"kind": "encoder", "path": str(target.file.resolve()),
-                "sha256": file_sha256(target.file), "exp": source.get("exp", ""),
-                "step": source.get("step", 0), "student": student.cfg.size,
-                "dim": student.embed_dim, "dtype": encoder.config.get("dtype", "")}
-    return FrozenEncoder(name, "encoder", student, view or own, student.embed_dim, student.grid,
-                         device, describe, lambda x: student.forward_features(x.to(dtype)))
+                "sha256": file_sha256(target.file), "exp": prov.get("exp", ""),
+                "step": prov.get("step", 0), "student": arch.get("student_size", ""),
+                "dim": encoder.embed_dim, "dtype": encoder.config.get("dtype", ""),
+                "positions": {"time": c.time_positions, "space": c.space_positions}}
+    return FrozenEncoder(name, "encoder", encoder, view, encoder.embed_dim, grid, device,
+                         describe, lambda x: encoder.forward_features(x.to(dtype)))
 
 
 def resolve_encoder(

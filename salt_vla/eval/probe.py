@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from salt_vla.errors import ConfigError
+from salt_vla.errors import ConfigError, nonfinite_fields
 from salt_vla.models.student import LayerNorm, make_blocks
 
 # probe kind -> number of blocks (the last one is the cross-attention pooling block)
@@ -48,6 +48,8 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise ConfigError(f"probe {', '.join(bad)}: must be a finite number")
         if self.kind not in PROBE_KINDS:
             raise ConfigError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
         for name in ("epochs", "batch_size", "heads"):
@@ -166,6 +168,9 @@ class ProbeResult:
 
 
 def _batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, size: int, device: torch.device):
+    if hasattr(x, "batches"):  # a streaming source (eval/features.py StreamedFeatures)
+        yield from x.batches(order, size, device)
+        return
     for start in range(0, len(order), size):
         # Sorted reads are sequential on a memory-mapped .npy; labels follow the same order.
         idx = np.sort(order[start:start + size])
@@ -178,13 +183,14 @@ def evaluate_probe(
 ) -> tuple[float, float]:
     """(top-1, top-5) of ``probe`` on features ``x`` with labels ``y``."""
     probe.eval()
-    c1 = c5 = 0
+    c1 = c5 = n = 0
     with torch.no_grad():
         for xb, yb in _batches(x, y, np.arange(len(y)), batch_size, device):
             logits = probe(xb).float()
             c1 += topk_correct(logits, yb, 1)
             c5 += topk_correct(logits, yb, 5)
-    return c1 / len(y), c5 / len(y)
+            n += len(yb)  # a stream drops clips that fail to decode: score those it had
+    return c1 / max(n, 1), c5 / max(n, 1)
 
 
 def train_probe(
@@ -199,6 +205,9 @@ def train_probe(
 ) -> ProbeResult:
     """Train an attentive probe on ``train_x`` ``[n, N, D]`` (any float dtype, may be a memory
     map) with labels ``train_y`` ``[n]``; report top-1/top-5 on ``val_x``/``val_y``.
+    ``train_x`` / ``val_x`` may instead be streaming sources (an object with ``shape`` and
+    ``batches(order, size, device)``, e.g. :class:`~salt_vla.eval.features.StreamedFeatures`),
+    which make each batch on demand; their labels are still passed as ``train_y`` / ``val_y``.
 
     ``progress(record)`` after each epoch with its mean loss, train and val top-1.
     """

@@ -12,7 +12,12 @@ Record (JSON object, written atomically):
   :class:`~salt_vla.eval.probe.ProbeResult` fields (``top1``, ``top5``, ``top5_k``,
   ``val_clips``, ``train_clips``, ``num_classes``, ``heads``, ``params``, ``seconds``,
   ``history``), ``final_train_top1``, ``chance``;
-- ``features`` ``{"cache", "train_seconds", "val_seconds"}``, ``device``, ``wall_seconds``.
+- ``features`` ``{"mode", "cache", "bytes", "train_seconds", "val_seconds"}``, ``device``,
+  ``wall_seconds``.
+
+Features come in RAM, from a disk cache or streamed (``ProbeJob.features``, chosen from the
+measured sizes by default: see :mod:`salt_vla.eval.features` and docs/probe.md); the probe
+sees the same float16 values in every mode.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ class ProbeJob:
 
     ``view`` None: the encoder's own view (random: and teacher:PATH encoders need one).
     ``feature_cache``: keep features on disk there (reused by later jobs with the same
-    encoder, view and clips) instead of in memory. ``limit_*`` > 0 keeps the first N clips.
+    encoder, view and clips) instead of in memory. ``features``: ``auto`` (from the sizes,
+    RAM and disk), ``memory``, ``disk`` or ``stream``. ``limit_*`` > 0 keeps the first N clips.
     """
 
     encoder: str
@@ -56,6 +62,7 @@ class ProbeJob:
     limit_train: int = 0
     limit_val: int = 0
     feature_cache: Path | None = None
+    features: str = "auto"
     workers: int = 2
     device: str = "auto"
     what: str = ""  # a label for tables, e.g. "SALT student"
@@ -120,7 +127,6 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
     """
     from salt_vla.distributed import pick_device
     from salt_vla.eval.encoders import resolve_encoder
-    from salt_vla.eval.features import compute_features, feature_nbytes
     from salt_vla.eval.probe import train_probe
 
     t0 = time.perf_counter()
@@ -137,19 +143,7 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
     echo(f"view: {enc.view.num_frames} frames x {enc.view.size} px, {enc.view.sampling} "
          f"sampling, hash {enc.view.hash()}{own}")
     echo(f"device: {dev}; results: {path}")
-    if job.feature_cache is not None:
-        echo(f"feature cache: {Path(job.feature_cache).expanduser()}")
-    sets = {}
-    for name, split, limit in (("train", job.train_split, job.limit_train),
-                               ("val", job.val_split, job.limit_val)):
-        fs = compute_features(enc, data, split, batch_size=cfg.batch_size, workers=job.workers,
-                              limit=limit, cache_dir=job.feature_cache,
-                              progress=_tenths(echo, split))
-        how = f"reused {fs.path}" if fs.reused else f"{fs.seconds:.1f} s"
-        echo(f"{name} split {split!r}: {len(fs)} clips, {fs.num_classes} classes, "
-             f"{feature_nbytes(len(fs), enc) / 2**30:.3f} GiB of features ({how}); "
-             f"{len(fs.failed)} failed to decode")
-        sets[name] = fs
+    sets, plan = _features(job, enc, data, echo)
     tr, va = sets["train"], sets["val"]
     if tr.classes != va.classes:
         raise ProbeRunError(f"splits {job.train_split!r} and {job.val_split!r} of {data} have "
@@ -163,6 +157,9 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
 
     res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes, cfg,
                       dev, progress=epoch_line)
+    for fs in (tr, va):
+        fs.settle()
+    res.train_clips, res.val_clips = len(tr), len(va)  # a stream learns its failures late
     chance = 1 / tr.num_classes
     echo(f"top-1 {100 * res.top1:.2f}%  top-{res.top5_k} {100 * res.top5:.2f}%  on "
          f"{res.val_clips} {job.val_split} clips, {res.num_classes} classes (chance "
@@ -182,14 +179,90 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
         **res.to_dict(),
         "final_train_top1": final.get("train_top1"),
         "chance": chance,
-        "features": {"cache": str(job.feature_cache) if job.feature_cache else None,
-                     "train_seconds": tr.seconds, "val_seconds": va.seconds},
+        "features": {"mode": plan.mode,
+                     "cache": str(job.feature_cache) if plan.mode == "disk" else None,
+                     "bytes": plan.need, "train_seconds": tr.seconds,
+                     "val_seconds": va.seconds},
         "device": str(dev),
         "wall_seconds": time.perf_counter() - t0,
     }
     write_json_atomic(path, record)
     echo(f"wrote {path}")
     return ProbeOutcome(record, path, False)
+
+
+@dataclass
+class _Split:
+    """One split's features for the probe, whichever mode made them: ``features`` is an
+    array (memory, disk) or a StreamedFeatures source."""
+
+    split: str
+    features: Any
+    labels: Any
+    classes: list[str]
+    failed: list[dict[str, str]]
+    seconds: float
+    stream: Any = None
+    clips: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self.clips - (len(self.stream.failed) if self.stream is not None else 0)
+
+    def settle(self) -> None:
+        """After training: a stream's failures and time are known only now."""
+        if self.stream is not None:
+            self.failed, self.seconds = self.stream.failed_list(), self.stream.seconds
+
+
+def _features(job: ProbeJob, enc: Any, data: Path, echo: Callable[[str], None]
+              ) -> tuple[dict[str, _Split], Any]:
+    """Load both splits' clip lists, choose the features mode from their sizes (checking RAM
+    and disk before anything is allocated), then compute or stream the features."""
+    from salt_vla.eval.features import (
+        StreamedFeatures,
+        cache_entry,
+        compute_features,
+        feature_nbytes,
+        load_cached,
+        load_clips,
+        plan_features,
+    )
+
+    cfg = job.probe
+    clips = {name: load_clips(data, split, limit) for name, split, limit in
+             (("train", job.train_split, job.limit_train), ("val", job.val_split, job.limit_val))}
+    for c in clips.values():
+        echo(f"data: {c.where}")
+    cache = Path(job.feature_cache).expanduser() if job.feature_cache is not None else None
+    cached = cache is not None and all(
+        load_cached(cache_entry(enc, c, cache), c.classes, c.split) is not None
+        for c in clips.values())
+    plan = plan_features(job.features, {c.split: len(c) for c in clips.values()},
+                         enc.grid.num_tokens, enc.dim, cache, cached, cfg.epochs)
+    echo(plan.line())
+    sets = {}
+    for name, c in clips.items():
+        if plan.mode == "stream":
+            src = StreamedFeatures(enc, c, job.workers)
+            sets[name] = _Split(c.split, src, c.labels, c.classes, [], 0.0, src, len(c))
+            echo(f"{name} split {c.split!r}: {len(c)} clips, {len(c.classes)} classes, "
+                 f"{feature_nbytes(len(c), enc) / 2**30:.3f} GiB of features if stored; "
+                 f"streamed each epoch")
+            continue
+        fs = compute_features(enc, c, batch_size=cfg.batch_size, workers=job.workers,
+                              cache_dir=cache if plan.mode == "disk" else None,
+                              progress=_tenths(echo, c.split))
+        how = f"reused {fs.path}" if fs.reused else f"{fs.seconds:.1f} s"
+        echo(f"{name} split {c.split!r}: {len(fs)} clips, {fs.num_classes} classes, "
+             f"{feature_nbytes(len(fs), enc) / 2**30:.3f} GiB of features ({how}); "
+             f"{len(fs.failed)} failed to decode")
+        sets[name] = _Split(c.split, fs.features, fs.labels, fs.classes, fs.failed, fs.seconds,
+                            clips=len(fs))
+    return sets, plan
 
 
 def _tenths(echo: Callable[[str], None], split: str) -> Callable[[int, int], None]:

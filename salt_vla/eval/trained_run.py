@@ -114,17 +114,18 @@ def run_teacher_source(run: TrainedRun, override: str | None = None) -> TeacherS
 
     Cached targets: from the store named in ``config.json`` (``data.cache``): its
     ``cache.json`` has ``teacher_source`` and the teacher spec. Online targets: the config's
-    ``teacher_ckpt``. ``override`` replaces the source path (e.g. the checkpoint moved); the
+    ``teacher``. ``override`` replaces the source path (e.g. the checkpoint moved); the
     loaded teacher must still have the recorded sha256 (checked by :func:`check_teacher`).
     """
     cfg = run.config
     view = run.view
     if cfg.targets == "online":
         spec = TeacherSpec(
-            arch=cfg.teacher, num_frames=view.num_frames, img_size=view.size, tubelet=cfg.tubelet,
-            patch=cfg.patch, layer=cfg.teacher_layer, target_norm=cfg.target_norm,
+            arch=cfg.teacher_arch, num_frames=view.num_frames, img_size=view.size,
+            tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.teacher_layer,
+            target_norm=cfg.target_norm,
         )
-        return TeacherSource(override or cfg.teacher_ckpt, spec, "", f"{run.checkpoint} config")
+        return TeacherSource(override or cfg.teacher, spec, "", f"{run.checkpoint} config")
     data = run.run_meta.get("data", {})
     recorded = data.get("teacher") or {}
     cache = data.get("cache")
@@ -141,13 +142,14 @@ def run_teacher_source(run: TrainedRun, override: str | None = None) -> TeacherS
         raise RunError(
             f"cannot find the teacher of run {run.run_dir}: config.json names the cache "
             f"{cache!r}, which {'has no teacher_source' if manifest else 'is not there'}. "
-            "Pass the teacher checkpoint explicitly (--teacher PATH)"
+            "Name the teacher checkpoint yourself: `salt eval probe --encoder teacher:PATH "
+            "--teacher-arch ARCH`, `salt eval intphys --teacher PATH`"
         )
     if not recorded:
         # Nothing recorded (e.g. a run fed from memory): the config's teacher keys, unchecked.
         where = f"{run.checkpoint} config (no recorded teacher: sha256 not checked)"
     spec = TeacherSpec(
-        arch=recorded.get("arch", cfg.teacher),
+        arch=recorded.get("arch", cfg.teacher_arch),
         num_frames=int(recorded.get("num_frames", view.num_frames)),
         img_size=int(recorded.get("img_size", view.size)),
         tubelet=int(recorded.get("tubelet", cfg.tubelet)),
@@ -163,5 +165,7 @@ def check_teacher(teacher: Any, source: TeacherSource) -> None:
     if source.sha256 and teacher.sha256 != source.sha256:
         raise RunError(
             f"teacher {source.source} has sha256 {teacher.sha256} but the run was trained on "
-            f"targets of {source.sha256} (per {source.where}); point --teacher at that checkpoint"
+            f"targets of {source.sha256} (per {source.where}): restore that checkpoint, or "
+            "name it yourself (`salt eval intphys --teacher PATH`, `salt eval probe --encoder "
+            "teacher:PATH`)"
         )

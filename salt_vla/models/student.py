@@ -146,12 +146,15 @@ def check_context(
 
 
 def check_indices(idx: torch.Tensor, batch: int, num_tokens: int, what: str) -> None:
-    """Shape/dtype checks; the value range is checked only on CPU (a GPU check would sync)."""
+    """Shape/dtype checks (free: metadata only). The value range is checked in eager CPU runs
+    only: on a GPU the read would synchronise with the host, and under ``torch.compile`` it
+    would break the graph. Training batches are range-checked once, on the host, by the mask
+    collator (``masking/collator.py``)."""
     if idx.ndim != 2 or idx.shape[0] != batch:
         raise ValueError(f"{what} must be [B={batch}, K] token indices, got {tuple(idx.shape)}")
     if idx.dtype != torch.long:
         raise TypeError(f"{what} must be a torch.long tensor, got {idx.dtype}")
-    if idx.device.type == "cpu" and idx.numel():
+    if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= num_tokens:
             raise ValueError(

@@ -120,6 +120,12 @@ def resolve_layer(layer: int, depth: int, arch: str = "") -> int:
     return layer % depth
 
 
+def is_random_source(source: str | Path) -> bool:
+    """Whether ``source`` means a random teacher (``random``, ``random:...``), so that a bare
+    or malformed ``random`` gets the ``random:ARCH:SEED`` usage, not "file not found"."""
+    return str(source).split(":", 1)[0] == "random"
+
+
 def parse_random_source(source: str) -> tuple[str, int]:
     """``"random:ARCH:SEED"`` -> ``(arch, seed)``; raises ValueError naming the fix."""
     parts = source.split(":")
@@ -152,7 +158,11 @@ def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
 # --- the network (parameter names = official checkpoint keys) --------------------------
 
 
-class _PatchEmbed(nn.Module):
+class PatchEmbed3d(nn.Module):
+    """Tubelet embedding: ``proj`` is Conv3d(3, D, kernel = stride = (tubelet, patch, patch));
+    ``[B, 3, T, H, W]`` -> ``[B, t*h*w, D]``. VideoMAEv2's and timm's name (the exported
+    student's too, :mod:`salt_vla.models.video_vit`)."""
+
     def __init__(self, dim: int, tubelet: int, patch: int) -> None:
         super().__init__()
         k = (tubelet, patch, patch)
@@ -236,7 +246,7 @@ class Teacher(nn.Module):
         self.checkpoint = checkpoint  # resolved file path, or "random:ARCH:SEED"
         self.sha256 = sha256  # file sha256, or "random:ARCH:SEED"
         self.ignored_keys: tuple[str, ...] = ()
-        self.patch_embed = _PatchEmbed(self.arch.dim, spec.tubelet, spec.patch)
+        self.patch_embed = PatchEmbed3d(self.arch.dim, spec.tubelet, spec.patch)
         self.blocks = nn.ModuleList(_Block(self.arch, layer_scale) for _ in range(self.arch.depth))
         self.register_buffer(
             "pos_embed", sinusoid_table(self.grid.num_tokens, self.arch.dim), persistent=False
@@ -386,7 +396,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
         elif any(k.startswith("videomae.") or ".attention.attention." in k for k in keys):
             hint = (
                 "this looks like a Hugging Face transformers VideoMAE checkpoint; the teacher "
-                "reads the original VideoMAEv2 layout"
+                "reads the original VideoMAEv2 layout: convert it with `salt teacher convert "
+                "FILE_OR_DIR --out teacher.pth` and pass teacher.pth"
             )
         else:
             hint = (
@@ -407,8 +418,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
     hints: list[str] = []
     if matches and spec.arch not in matches:
         hints.append(
-            f"is this a VideoMAEv2 {matches[0]} checkpoint? try "
-            f"TeacherSpec(arch={matches[0]!r}) (--teacher-arch {matches[0]})"
+            f"is this a VideoMAEv2 {matches[0]} checkpoint? try --teacher-arch {matches[0]} "
+            f"(teacher_arch={matches[0]} in a training config)"
         )
     elif not matches:
         hints.append(f"no known arch has that shape; known: {list(ARCHS)}")
@@ -447,7 +458,7 @@ def load_teacher(
     """
     spec = spec or TeacherSpec()
     name = str(source)
-    if name.startswith(RANDOM_PREFIX):
+    if is_random_source(name):
         arch, seed = parse_random_source(name)
         if arch != spec.arch:
             spec = replace(spec, arch=arch)

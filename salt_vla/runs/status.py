@@ -4,7 +4,9 @@ fast, and what the loss does; for a sweep directory, the same for every stage pl
 the sweep process still runs.
 
 Exit codes (`salt status`): 0 healthy (running, or finished with finite losses); 1 stalled,
-dead, failed, stopped or never started; 2 ended with a non-finite loss.
+dead, failed, stopped or never started; 2 ended with a non-finite loss. `salt train` itself
+exits 0 when a run ends as planned, 1 on an error, and 130 / 143 when SIGINT / SIGTERM stopped
+it after its checkpoint (its heartbeat then says ``stopped``: 1 here).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from salt_vla.runs.rundir import (
     NONFINITE_GLOB,
     RunFiles,
     checkpoint_path,
+    checkpoints,
     is_run_dir,
     read_run,
+    resume_command,
+    throughput,
 )
 from salt_vla.runs.smoothing import DEFAULT_WINDOW, smoothed
 from salt_vla.runs.sweep_dir import is_sweep_dir, read_state
@@ -72,7 +77,9 @@ class RunStatus:
     norm_loss: float | None = None
     norm_loss_smoothed: float | None = None
     window: int = DEFAULT_WINDOW
-    clips_per_s: float | None = None
+    clips_per_s: float | None = None  # the run's: clips trained / wall time of its intervals
+    clips: int = 0  # clips trained, as far as the metrics tell
+    train_s: float = 0.0  # wall time they took (the logged intervals)
     eta_s: float | None = None
     checkpoint: dict[str, Any] | None = None
     gpu_peak_gib: float | None = None
@@ -101,15 +108,16 @@ def auto_stall_after(run: RunFiles) -> float:
     return max(MIN_STALL_S, 5 * statistics.median(gaps)) if gaps else MIN_STALL_S
 
 
-def _rate_eta(run: RunFiles, step: int, total: int, window: int) -> float | None:
-    """Seconds left from the step rate over the last logged records."""
-    recs = [r for r in run.records[-window:] if isinstance(r.get("time"), (int, float))]
-    if len(recs) >= 2 and recs[-1]["time"] > recs[0]["time"] and recs[-1]["step"] > recs[0]["step"]:
-        rate = (recs[-1]["step"] - recs[0]["step"]) / (recs[-1]["time"] - recs[0]["time"])
-        return max(0.0, (total - step) / rate)
-    if recs and isinstance(recs[-1].get("eta_s"), (int, float)):
-        return float(recs[-1]["eta_s"])
-    return None
+def _rate_eta(run: RunFiles, step: int, total: int) -> float | None:
+    """Seconds left at the run's rate (the console's ETA); the last logged ``eta_s`` for runs
+    that did not log their throughput."""
+    batch = run.config.get("batch_size")
+    if isinstance(batch, int):
+        eta = throughput(run.records).eta_s((total - step) * batch)
+        if eta is not None:
+            return eta
+    last = run.records[-1].get("eta_s") if run.records else None
+    return float(last) if isinstance(last, (int, float)) else None
 
 
 def _checkpoint_info(run: RunFiles, step: int, total: int, now: float) -> dict[str, Any] | None:
@@ -126,7 +134,13 @@ def _checkpoint_info(run: RunFiles, step: int, total: int, now: float) -> dict[s
         ckpt_step = total if total and step >= total else (step // every * every if every else None)
         how = "inferred from ckpt_every"
     return {"path": str(path), "step": ckpt_step, "step_from": how,
-            "age_s": round(now - path.stat().st_mtime, 1)}
+            "age_s": round(now - path.stat().st_mtime, 1),
+            "kept_steps": [s for s, _ in checkpoints(run.run_dir)]}
+
+
+def _resume(run: RunFiles) -> str:
+    """The command that continues ``run`` with its saved config, as it works when typed."""
+    return resume_command(run.run_dir, run.meta.get("task"))
 
 
 def run_status(
@@ -157,8 +171,8 @@ def run_status(
         if pts:
             setattr(st, last_attr, pts[-1][1])
             setattr(st, smooth_attr, smoothed(pts, window)[0])  # type: ignore[index]
-    speeds = [v for _, v in run.values("clips_per_s")][-window:]
-    st.clips_per_s = statistics.fmean(speeds) if speeds else None
+    rate = throughput(run.records)
+    st.clips_per_s, st.clips, st.train_s = rate.clips_per_s, rate.clips, round(rate.seconds, 3)
     gpu = run.values("gpu_peak_gib")
     st.gpu_peak_gib = gpu[-1][1] if gpu else None
     st.checkpoint = _checkpoint_info(run, step, total, now)
@@ -172,8 +186,7 @@ def run_status(
             if same_host and not pid_alive(int(st.pid or 0), hb.get("proc_start")):
                 st.state, st.exit_code = "dead", EXIT_UNHEALTHY
                 st.message = (f"process {st.pid} is gone but never reported an end (killed: OOM, "
-                              f"SIGKILL, node loss?); resume with `salt train ... --out {run_dir} "
-                              "--resume`")
+                              f"SIGKILL, node loss?); resume with `{_resume(run)}`")
             elif st.heartbeat_age_s > limit:
                 st.state, st.exit_code = "stalled", EXIT_UNHEALTHY
                 where = (f"process {st.pid} is alive" if same_host
@@ -188,7 +201,7 @@ def run_status(
         elif status == "stopped":
             st.state, st.exit_code = "stopped", EXIT_UNHEALTHY
             st.message = (f"stopped by a signal at step {step}/{total} with a checkpoint; continue "
-                          f"with `salt train ... --out {run_dir} --resume`")
+                          f"with `{_resume(run)}`")
         else:
             st.state, st.exit_code = "failed", EXIT_UNHEALTHY
             st.message = f"failed: {hb.get('error') or 'unknown error (see the run log)'}"
@@ -201,7 +214,7 @@ def run_status(
         # The trainer's last words after a graceful stop (SIGTERM/Ctrl-C), with a checkpoint.
         st.state, st.exit_code = "stopped", EXIT_UNHEALTHY
         st.message = (f"stopped at step {step}/{total} with a checkpoint (no heartbeat file); "
-                      f"continue with `salt train ... --out {run_dir} --resume`")
+                      f"continue with `{_resume(run)}`")
     else:
         metrics = run_dir / METRICS_NAME
         age = now - metrics.stat().st_mtime if metrics.exists() else math.inf
@@ -217,7 +230,7 @@ def run_status(
         st.exit_code = EXIT_NONFINITE
         st.message += "; a logged loss is non-finite (NaN/inf)"
     if st.state == "running" and total:
-        st.eta_s = _rate_eta(run, step, total, window)
+        st.eta_s = _rate_eta(run, step, total)
     elif st.state == "finished":
         st.eta_s = 0.0
     return st
@@ -288,27 +301,45 @@ def combined_exit_code(codes: list[int]) -> int:
     return max(codes, default=EXIT_OK)
 
 
+def path_kind(path: Path | str) -> str:
+    """What a path given to `salt status` or `salt report` names: ``"sweep"``, ``"run"`` or
+    ``"folder"`` (a directory holding runs or sweeps); anything else raises
+    :class:`RunStatusError` naming what to pass."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunStatusError(f"{path}: no such directory; pass a run directory (`salt train "
+                             "--out`), a sweep directory (`salt sweep --dir`) or a folder of "
+                             "either")
+    if is_sweep_dir(path):
+        return "sweep"
+    if is_run_dir(path):
+        return "run"
+    if not folder_children(path):
+        raise RunStatusError(
+            f"{path} is not a run directory (no {MARKERS_TEXT}), not a sweep directory and "
+            "holds neither"
+        )
+    return "folder"
+
+
+def folder_children(path: Path) -> list[Path]:
+    """The run and sweep directories directly inside ``path``, sorted."""
+    return sorted(p for p in path.iterdir() if is_sweep_dir(p) or is_run_dir(p))
+
+
 def status_of(
     path: Path | str, stall_after: float | None = None, window: int = DEFAULT_WINDOW
 ) -> dict[str, Any]:
     """Status of a run directory, a sweep directory or a folder holding either, as
     ``{"kind": "run"|"sweep"|"folder", "path", "exit_code", "runs": [RunStatus...], ...}``."""
     path = Path(path)
-    if not path.is_dir():
-        raise RunStatusError(f"{path}: no such directory; pass a run directory (`salt train "
-                             "--out`) or a sweep directory (`salt sweep --dir`)")
-    if is_sweep_dir(path):
+    kind = path_kind(path)
+    if kind == "sweep":
         return sweep_status(path, stall_after, window)
-    if is_run_dir(path):
+    if kind == "run":
         st = run_status(path, stall_after, window)
         return {"kind": "run", "path": str(path), "exit_code": st.exit_code, "runs": [st]}
-    children = sorted(p for p in path.iterdir() if is_sweep_dir(p) or is_run_dir(p))
-    if not children:
-        raise RunStatusError(
-            f"{path} is not a run directory (no {MARKERS_TEXT}), not a sweep directory and "
-            "holds neither"
-        )
-    parts = [status_of(c, stall_after, window) for c in children]
+    parts = [status_of(c, stall_after, window) for c in folder_children(path)]
     runs = [r for p in parts for r in p["runs"]]
     return {"kind": "folder", "path": str(path), "parts": parts, "runs": runs,
             "exit_code": combined_exit_code([p["exit_code"] for p in parts])}
@@ -327,6 +358,10 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 600 else format_duration(s)
+
+
 def format_run(st: RunStatus) -> list[str]:
     """Human-readable lines for one run."""
     pct = f" ({100 * st.step / st.total:.1f}%)" if st.total else ""
@@ -334,10 +369,11 @@ def format_run(st: RunStatus) -> list[str]:
              f"  dir {st.run_dir}" + (f"  exp {st.exp}" if st.exp else ""),
              f"  step {st.step}/{st.total or '?'}{pct}"
              + (f"  eta {format_duration(st.eta_s)}" if st.eta_s is not None else "")
-             + (f"  {st.clips_per_s:.1f} clips/s" if st.clips_per_s is not None else "")]
+             + (f"  {st.clips_per_s:.1f} clips/s over the run ({st.clips} clips in "
+                f"{_seconds(st.train_s)} of training)" if st.clips_per_s is not None else "")]
     if st.loss is not None:
         lines.append(f"  loss {_num(st.loss)} (mean of last {st.window}: "
-                     f"{_num(st.loss_smoothed)})  norm loss {_num(st.norm_loss)} "
+                     f"{_num(st.loss_smoothed)})  nloss {_num(st.norm_loss)} "
                      f"(mean: {_num(st.norm_loss_smoothed)})")
     if st.heartbeat_age_s is not None:
         what = "last heartbeat" if st.pid else "metrics.jsonl written"
@@ -346,7 +382,9 @@ def format_run(st: RunStatus) -> list[str]:
                      + f"; stalled after {st.stall_after_s:.0f} s")
     if st.checkpoint:
         c = st.checkpoint
-        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)")
+        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)"
+                     + (f"; kept: steps {', '.join(map(str, c['kept_steps']))}"
+                        if c.get("kept_steps") else ""))
     if st.gpu_peak_gib is not None:
         lines.append(f"  peak GPU memory {st.gpu_peak_gib:.2f} GiB")
     return lines

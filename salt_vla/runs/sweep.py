@@ -59,8 +59,9 @@ from salt_vla.runs.sweep_dir import (
 )
 from salt_vla.runs.sweep_spec import RunDef, Stage, SweepSpec
 from salt_vla.trainer.experiments import TrainConfig, get_preset, valid_keys
+from salt_vla.trainer.interrupt import STOP_EXIT_CODES
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # the sweep itself stopped by Ctrl-C (SIGTERM: 143), as `salt train`
 
 
 # --- queue state ---------------------------------------------------------------------------
@@ -327,12 +328,15 @@ class _Signals:
 
     def __init__(self) -> None:
         self.count = 0
+        self.first: int | None = None  # the first signal's number
         self.proc: subprocess.Popen | None = None
         self.orphan: int | None = None  # a run adopted from an earlier sweep (not our child)
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.count += 1
+        if self.first is None:
+            self.first = signum
         if self.proc is not None and self.proc.poll() is None:
             pid = self.proc.pid
         elif self.orphan is not None:
@@ -419,7 +423,8 @@ def run_sweep(
     poll: float = 60.0,
 ) -> int:
     """Run (or resume) the queue; returns 0 when every stage finished, 1 when a run failed
-    or stopped (the state says which; re-running resumes), 130 when interrupted."""
+    or stopped (the state says which; re-running resumes), 130 / 143 when the sweep itself
+    was interrupted by SIGINT / SIGTERM (the running run checkpoints and stops first)."""
     sweep_dir = Path(sweep_dir).resolve()
     with sweep_lock(sweep_dir), _Signals() as signals:
         state = read_state(sweep_dir)
@@ -440,7 +445,7 @@ def run_sweep(
             if rec.get("status") == "done":
                 continue
             if signals.count:
-                return _interrupted(rec, sweep_dir, state, echo, p)
+                return _interrupted(rec, sweep_dir, state, echo, p, signals)
             if p.kind == "reference":
                 if not run_finished(p.run_dir):
                     raise SweepError(f"reference run {p.run_dir} (stage {stage.name}) has not "
@@ -493,7 +498,7 @@ def _run_stage(
              "earlier sweep): waiting for it")
         _wait_orphan(*orphan, p.run_dir, poll, echo, signals)
         if signals.count and not run_finished(p.run_dir):
-            return _interrupted(rec, sweep_dir, state, echo, p)
+            return _interrupted(rec, sweep_dir, state, echo, p, signals)
     if not run_finished(p.run_dir):
         how = "resuming" if checkpoint_path(p.run_dir).exists() else "starting"
         echo(f"[{stage.name}] {how} {p.name}: {shlex.join(cmd)}")
@@ -505,13 +510,16 @@ def _run_stage(
                                                 save_state(sweep_dir, state)))
         rec.update(rc=rc, ended=time.time())
         if signals.count and not run_finished(p.run_dir):
-            return _interrupted(rec, sweep_dir, state, echo, p)
+            return _interrupted(rec, sweep_dir, state, echo, p, signals)
         if not run_finished(p.run_dir):
             st = run_status(p.run_dir)
             rec.update(status="failed")
             save_state(sweep_dir, state)
-            echo(f"[{stage.name}] {p.name} did not finish (exit code {rc}; {st.state}: "
-                 f"{st.message}). See {log}; re-run the sweep to resume it")
+            # 130/143: stopped by a signal sent to the run itself (not through the sweep)
+            how = (f"was stopped by {signal.Signals(rc - 128).name} (exit code {rc})"
+                   if rc in STOP_EXIT_CODES else f"did not finish (exit code {rc})")
+            echo(f"[{stage.name}] {p.name} {how}; {st.state}: {st.message}. See {log}; re-run "
+                 "the sweep to resume it")
             return EXIT_UNHEALTHY
     if spec.probe:
         out = p.run_dir / spec.probe_file
@@ -522,7 +530,7 @@ def _run_stage(
             rc = _run_process(pcmd, spec.env, p.run_dir / PROBE_LOG_NAME, p.run_dir, poll,
                               lambda s: None, signals)
             if signals.count:
-                return _interrupted(rec, sweep_dir, state, echo, p)
+                return _interrupted(rec, sweep_dir, state, echo, p, signals)
             if rc != 0 or not out.exists():
                 rec.update(status="failed")
                 save_state(sweep_dir, state)
@@ -537,12 +545,12 @@ def _run_stage(
 
 
 def _interrupted(rec: dict[str, Any], sweep_dir: Path, state: dict[str, Any],
-                 echo: Callable[[str], None], p: Planned) -> int:
+                 echo: Callable[[str], None], p: Planned, signals: _Signals) -> int:
     rec.update(status="interrupted")
     save_state(sweep_dir, state)
     echo(f"interrupted at {p.name} (a running run is asked to checkpoint and stop first); "
          "re-run the same `salt sweep` command to resume the queue")
-    return EXIT_INTERRUPTED
+    return 128 + signals.first if signals.first else EXIT_INTERRUPTED
 
 
 # --- dry run and status --------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 from salt_vla.errors import ConfigError
 from salt_vla.runs.rundir import PROBE_NAME
 from salt_vla.runs.sweep_dir import SweepError
+from salt_vla.trainer.config_file import parse_config_text
 from salt_vla.trainer.experiments import resolve
 
 METRICS = {"norm_loss": False, "loss": False, "probe_top1": True}  # name -> higher is better
@@ -131,31 +132,11 @@ def seed_spec_text(final_epochs: int = 15) -> str:
 
 
 def _parse_text(text: str, where: str) -> dict[str, Any]:
-    if where.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise SweepError(f"{where}: YAML specs need PyYAML (pip install pyyaml); or write "
-                             "the spec as TOML") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SweepError(f"{where}: not valid YAML: {e}") from None
-    else:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ModuleNotFoundError:
-                raise SweepError("TOML specs need Python >= 3.11 or `pip install tomli`") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise SweepError(f"{where}: not valid TOML: {e}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"{where}: expected a table/mapping at the top level")
-    return data
+    """The spec's top-level table (TOML, or YAML by suffix): the parser of config files."""
+    try:
+        return parse_config_text(text, where)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
 
 
 def load_spec(

@@ -10,10 +10,11 @@ needs no dotted paths; `--set` is parsed and checked by ``overrides.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from salt_vla.errors import ConfigError
-from salt_vla.trainer.loop_config import LoopConfig
+from salt_vla.models.teacher import ARCHS, is_random_source, parse_random_source
+from salt_vla.trainer.loop_config import LoopConfig, key
 from salt_vla.trainer.overrides import did_you_mean
 
 
@@ -26,6 +27,7 @@ class TrainConfig(LoopConfig):
         **LoopConfig.CHOICES,
         "student": ("tiny", "small", "base", "large"),
         "targets": ("cached", "online"),
+        "teacher_arch": tuple(ARCHS),
     }
     POSITIVE: ClassVar[tuple[str, ...]] = LoopConfig.POSITIVE + (
         "predictor_width", "predictor_heads", "teacher_dim",
@@ -34,27 +36,64 @@ class TrainConfig(LoopConfig):
         "predictor_depth", "drop_path",
     )
 
+    # Before 0.2 the teacher's source was `teacher_ckpt` and `teacher` its architecture.
+    ALIASES: ClassVar[dict[str, str]] = {"teacher_ckpt": "teacher"}
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("teacher",)
+
     # --- student / predictor
-    student: str = "base"
-    student_dim: int | None = None  # None: the size preset's width
-    student_depth: int | None = None
-    student_heads: int | None = None
-    predictor_width: int = 384
-    predictor_depth: int = 12
-    predictor_heads: int = 12
-    drop_path: float = 0.0
+    student: str = key("base", "student size preset: tiny, small, base or large")
+    student_dim: int | None = key(None, "student width; unset: the size preset's")
+    student_depth: int | None = key(None, "student blocks; unset: the size preset's")
+    student_heads: int | None = key(None, "student attention heads; unset: the size preset's")
+    predictor_width: int = key(384, "predictor width")
+    predictor_depth: int = key(12, "predictor blocks")
+    predictor_heads: int = key(12, "predictor attention heads")
+    drop_path: float = key(0.0, "stochastic depth rate of the student and predictor blocks")
     # --- targets (checked against the store before the first step)
-    teacher_dim: int = 768
-    targets: str = "cached"  # "online": run the teacher on every batch instead of the store
-    teacher: str = "vit_base"  # online targets: teacher arch
-    teacher_ckpt: str = ""  # online targets: checkpoint path or random:ARCH:SEED
-    teacher_layer: int = -1
-    target_norm: bool = True
+    teacher_dim: int = key(768, "width of the teacher's latents (must match the cache)")
+    targets: str = key("cached", "cached: read the store built by `salt cache build`; online: "
+                       "run the teacher on every batch")
+    teacher: str = key("", "online targets: the teacher, a checkpoint PATH or "
+                       "random:ARCH:SEED (cached targets: the store's, recorded in it)")
+    teacher_arch: str = key("vit_base", "online targets: VideoMAEv2 size of a teacher "
+                            "checkpoint (random:ARCH:SEED names its own)")
+    teacher_layer: int = key(-1, "online targets: block whose tokens are the targets "
+                             "(negative counts from the end)")
+    target_norm: bool = key(True, "online targets: layer-normalise the targets without "
+                            "affine (V-JEPA's convention)")
+
+    @classmethod
+    def upgrade_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Dicts saved before the rename: ``teacher`` was the arch, ``teacher_ckpt`` the
+        source (which cached runs never used, so it is dropped for them)."""
+        if "teacher_ckpt" not in d:
+            return d
+        d = dict(d)
+        if "teacher" in d:
+            d["teacher_arch"] = d.pop("teacher")
+        source = d.pop("teacher_ckpt")
+        d["teacher"] = source if d.get("targets", "cached") == "online" else ""
+        return d
 
     def problems(self) -> list[str]:
         problems = super().problems()
-        if self.targets == "online" and not self.teacher_ckpt:
-            problems.append("targets='online' needs teacher_ckpt=PATH (or random:ARCH:SEED)")
+        if self.teacher in ARCHS:
+            problems.append(
+                f"teacher={self.teacher!r} is an architecture: `teacher` is the teacher itself "
+                f"(a checkpoint PATH or random:ARCH:SEED); its size is teacher_arch="
+                f"{self.teacher}")
+        elif is_random_source(self.teacher):
+            try:
+                parse_random_source(self.teacher)
+            except ConfigError as e:
+                problems.append(f"teacher={self.teacher!r}: {e}")
+        if self.targets == "cached" and self.teacher:
+            problems.append(f"teacher={self.teacher!r} with targets='cached': a cached run's "
+                            "targets come from the store's teacher; add --targets online to "
+                            "run this teacher on every batch instead")
+        if self.targets == "online" and not self.teacher:
+            problems.append("targets='online' needs the teacher: --teacher PATH or "
+                            "random:ARCH:SEED (--set teacher=...)")
         return problems
 
 
@@ -104,7 +143,7 @@ PRESETS["exp3-vjepa-masks"] = replace(
 # view (8 frames x 64 px -> 4 x 4 x 4 tokens), as `make demo` and the tests build it.
 PRESETS["tiny"] = replace(
     SEED, name="tiny", student="tiny", predictor_width=96, predictor_depth=2, predictor_heads=3,
-    view="tiny-8x64", teacher="vit_tiny", teacher_dim=192, mask_ratio=0.75,
+    view="tiny-8x64", teacher_arch="vit_tiny", teacher_dim=192, mask_ratio=0.75,
     batch_size=8, epochs=20, lr=1e-3, min_lr=1e-4, warmup_steps=20, grad_clip=1.0,
     num_workers=2, log_every=10, ckpt_every=100,
     notes="CPU demo/test size: tiny student and predictor for a vit_tiny / tiny-8x64 store",
@@ -119,6 +158,14 @@ def get_preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-def resolve(name: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Preset ``name`` with `--set` overrides applied, type-checked and validated."""
-    return replace(get_preset(name), **parse_overrides(overrides)).validated()
+def resolve(
+    name: str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    file_values: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Preset ``name`` (None: the defaults of :class:`TrainConfig`), then the values of a
+    config file (``file_values``, typed: see ``config_file.py``), then the `--set`
+    ``overrides``: a later one wins; type-checked and validated."""
+    base = get_preset(name) if name is not None else TrainConfig()
+    values = {**(file_values or {}), **parse_overrides(overrides)}
+    return replace(base, **values).validated()

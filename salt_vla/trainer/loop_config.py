@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from salt_vla.errors import ConfigError
+from salt_vla.errors import ConfigError, nonfinite_fields
 from salt_vla.trainer import overrides
 
 C = TypeVar("C", bound="LoopConfig")
@@ -29,8 +29,33 @@ C = TypeVar("C", bound="LoopConfig")
 # executed or logged, never what it computes.
 RUNTIME_KEYS = frozenset(
     {"num_workers", "prefetch_factor", "decode_threads", "log_every", "ckpt_every", "stop_at",
-     "wandb_project", "wandb_run"}
+     "wandb_project", "wandb_run", "keep_checkpoints", "snapshot_every", "verify_reads"}
 )
+# Keys a resumption may raise to extend the run (see ``schedules.py`` for what happens to the
+# learning-rate and weight-decay schedules then).
+EXTEND_KEYS = frozenset({"epochs", "max_steps"})
+RESUME_KEYS = RUNTIME_KEYS | EXTEND_KEYS
+
+HELP = "help"  # the field-metadata entry holding a key's one-line description
+
+
+def key(default: Any, help: str, **kw: Any) -> Any:
+    """A config key: its default and its one-line description, declared together.
+
+    The description is the one ``salt exp show`` writes beside the key and ``--keys`` lists;
+    a subclass that only changes a default re-declares the key without one and inherits it
+    (:func:`key_help`)."""
+    return field(default=default, metadata={HELP: help}, **kw)
+
+
+def key_help(cls: type, name: str) -> str:
+    """The description of key ``name``: from the nearest class in ``cls``'s MRO that declared
+    it with :func:`key` ("" when none did)."""
+    for klass in cls.__mro__:
+        own = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if own is not None and own.metadata.get(HELP):
+            return str(own.metadata[HELP])
+    return ""
 
 
 @dataclass(frozen=True)
@@ -60,53 +85,76 @@ class LoopConfig:
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr", "weight_decay",
         "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows", "num_workers",
-        "decode_threads", "seed",
+        "decode_threads", "seed", "keep_checkpoints", "snapshot_every",
     )
     # What `validated` calls this config in its error ("invalid config: ...").
     KIND: ClassVar[str] = "config"
+    # Old key names still accepted (in `--set` and config files, with a deprecation line;
+    # in saved config dicts through ``upgrade_dict``): old name -> key.
+    ALIASES: ClassVar[dict[str, str]] = {}
+    # Keys holding a file path (or a non-path spelling such as random:ARCH:SEED): made
+    # absolute before a run records them, so its config.json works from any directory.
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ()
 
-    name: str = "custom"
-    grad_checkpointing: bool = False  # recompute the trained blocks' activations in backward
+    name: str = key("custom", "run name, shown by `salt status` and `salt report`")
+    grad_checkpointing: bool = key(
+        False, "recompute the trained blocks' activations in backward (less memory, slower)")
     # --- view (the stage-2 store is checked against it; stage 1 decodes the videos with it)
-    view: str = "ssv2-16x224"
-    tubelet: int = 2
-    patch: int = 16
+    view: str = key("ssv2-16x224", "view preset: frames, sampling and size of the clips "
+                    "(stage 2: `store` takes the cache's own view)")
+    tubelet: int = key(2, "frames per token along time")
+    patch: int = key(16, "pixels per token side")
     # --- masks
-    mask_strategy: str = "multiblock"
-    mask_ratio: float = 0.9
-    mask_truncate: str = "tail"
+    mask_strategy: str = key("multiblock", "masks: ratio, multiblock (V-JEPA's two groups), "
+                             "tube or random")
+    mask_ratio: float = key(0.9, "fraction of tokens masked (ratio, tube and random masks)")
+    mask_truncate: str = key("tail", "how a batch's masks are cut to one count: drop the "
+                             "tail or random tokens")
     # --- objective and optimisation
-    loss: str = "mse"
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: int = 10
-    max_steps: int = 0  # > 0: run exactly this many optimiser steps (schedules span them)
-    stop_at: int = 0  # > 0: checkpoint and stop after this step; schedules still span the run
-    lr: float = 1.5e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 1000
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 0.02  # max global grad norm; 0 disables (V-JEPA uses 10)
-    skip_nonfinite: int = 0  # tolerate this many non-finite-loss steps (skipped) before stopping
+    loss: str = key("mse", "loss on the masked tokens: mse or l1")
+    batch_size: int = key(32, "clips per optimiser step over all processes (global batch)")
+    grad_accum: int = key(1, "micro-batches per optimiser step (batch_size must divide)")
+    epochs: int = key(10, "passes over the data; the run's length unless max_steps > 0")
+    max_steps: int = key(0, "> 0: run exactly this many optimiser steps (schedules span them)")
+    stop_at: int = key(0, "> 0: checkpoint and stop after this step; schedules still span "
+                       "the run")
+    lr: float = key(1.5e-4, "peak learning rate: linear warmup to it, cosine to min_lr")
+    min_lr: float = key(1e-5, "learning rate at the last step")
+    warmup_steps: int = key(1000, "steps of linear learning-rate warmup")
+    weight_decay: float = key(0.04, "AdamW weight decay at step 0 (cosine to "
+                              "weight_decay_end)")
+    weight_decay_end: float = key(0.4, "AdamW weight decay at the last step")
+    betas: tuple[float, float] = key((0.9, 0.95), "AdamW betas (beta1, beta2)")
+    eps: float = key(1e-8, "AdamW epsilon")
+    grad_clip: float = key(0.02, "clip the global gradient norm to this; 0 disables "
+                           "(V-JEPA uses 10)")
+    skip_nonfinite: int = key(0, "tolerate this many non-finite-loss steps (skipped) before "
+                              "stopping; seen every log_every steps, so a stop comes up to "
+                              "log_every-1 steps late, with the state before the bad step")
     # --- data
-    limit_rows: int = 0  # > 0: train on the first N rows (clips) only (overfitting checks)
-    num_workers: int = 8  # DataLoader worker processes decoding frames
-    prefetch_factor: int = 2
-    decode_threads: int = 0  # > 1 with num_workers=0: decode in threads (no /dev/shm)
+    limit_rows: int = key(0, "> 0: train on the first N rows (clips) only (overfitting "
+                          "checks)")
+    num_workers: int = key(8, "DataLoader worker processes decoding frames")
+    prefetch_factor: int = key(2, "batches each loader worker prepares ahead")
+    decode_threads: int = key(0, "> 1 with num_workers=0: decode in threads (no /dev/shm)")
+    verify_reads: bool = key(True, "check each latent row's crc32c against cache.json as it is "
+                             "read (a mismatch names the row and shard); false skips the check")
     # --- execution
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp32 master weights), fp32 on CPU
-    compile: bool = False
+    seed: int = key(0, "seed of the initial weights, the data order and the masks")
+    device: str = key("auto", "auto (this process's GPU if any, else cpu), cpu or cuda")
+    precision: str = key("auto", "auto: bf16 autocast on CUDA (fp32 master weights), fp32 "
+                         "on CPU; fp32; bf16")
+    compile: bool = key(False, "torch.compile the model (slow first steps)")
     # --- logging and checkpoints
-    log_every: int = 10
-    ckpt_every: int = 1000
-    wandb_project: str = "salt-vla"
-    wandb_run: str = ""  # default: the run directory's name
-    notes: str = field(default="", compare=False)
+    log_every: int = key(10, "steps between metric lines (console, metrics.jsonl, W&B)")
+    ckpt_every: int = key(1000, "steps between checkpoints (one is also written at the end)")
+    keep_checkpoints: int = key(2, "earlier checkpoints kept beside the latest (ckpt-STEP.pt); "
+                                "a resume falls back to them when the latest does not load")
+    snapshot_every: int = key(0, "> 0: also checkpoint every N steps and keep those for good "
+                              "(never rotated out; for learning curves of one run)")
+    wandb_project: str = key("salt-vla", "W&B project (with --wandb online or offline)")
+    wandb_run: str = key("", "W&B run name; empty: the run directory's name")
+    notes: str = key("", "one line about the config, shown by `salt exp list`", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able flat dict of every key (tuples become lists)."""
@@ -114,9 +162,15 @@ class LoopConfig:
 
     @classmethod
     def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-        """Inverse of ``to_dict``; unknown keys, wrong types and bad values raise
-        ``ConfigError``."""
-        return cls(**overrides.values_from_dict(cls, d)).validated()
+        """Inverse of ``to_dict`` (also of the dicts older versions saved: ``upgrade_dict``);
+        unknown keys, wrong types and bad values raise ``ConfigError``."""
+        return cls(**overrides.values_from_dict(cls, cls.upgrade_dict(d))).validated()
+
+    @classmethod
+    def upgrade_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A config dict saved by an older version, in today's key names (a stage overrides
+        this when it renames a key; the base has renamed none)."""
+        return d
 
     @classmethod
     def valid_keys(cls) -> list[str]:
@@ -129,17 +183,19 @@ class LoopConfig:
         return overrides.parse_overrides(items, cls)
 
     def problems(self) -> list[str]:
-        """Every range and choice problem of the shared keys (a stage extends it)."""
-        problems = []
-        for key, allowed in self.CHOICES.items():
-            if getattr(self, key) not in allowed:
-                problems.append(f"{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
-        for key in self.POSITIVE:
-            if getattr(self, key) <= 0:
-                problems.append(f"{key}={getattr(self, key)}: must be > 0")
-        for key in self.NON_NEGATIVE:
-            if getattr(self, key) < 0:
-                problems.append(f"{key}={getattr(self, key)}: must be >= 0")
+        """Every range and choice problem of the shared keys (a stage extends it); first any
+        NaN or infinite float, of any key of the stage's class (no range check sees those)."""
+        problems = [f"{item}: must be a finite number" for item in nonfinite_fields(self)]
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r}: choose one of "
+                                f"{', '.join(allowed)}")
+        for name in self.POSITIVE:
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)}: must be > 0")
+        for name in self.NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if self.epochs == 0 and self.max_steps == 0:
             problems.append("epochs=0 and max_steps=0: set one of them")
         if self.min_lr > self.lr:
@@ -160,13 +216,6 @@ class LoopConfig:
         if problems:
             raise ConfigError(f"invalid {self.KIND}: " + "; ".join(problems))
         return self
-
-
-def describe(cfg: LoopConfig) -> list[str]:
-    """``key = value`` lines for `salt exp show` (every key but ``notes``, in order)."""
-    keys = [k for k in cfg.valid_keys() if k != "notes"]
-    width = max(len(k) for k in keys)
-    return [f"{k.ljust(width)} = {getattr(cfg, k)!r}" for k in keys]
 
 
 def diff(a: LoopConfig, b: LoopConfig, ignore: frozenset[str] = RUNTIME_KEYS) -> list[str]:

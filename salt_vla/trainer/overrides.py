@@ -45,14 +45,43 @@ def unknown_key_message(key: str, cls: type) -> str:
     return f"unknown config key {key!r}{did_you_mean(key, keys)}; valid keys: {', '.join(keys)}"
 
 
-def values_from_dict(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """Type-checked constructor arguments of ``cls`` from a JSON dict (config.json, a
-    checkpoint's config): unknown keys and wrong types raise ``ConfigError``."""
+def aliases(cls: type) -> dict[str, str]:
+    """Old key name -> key, for the keys ``cls`` renamed (its ``ALIASES`` table)."""
+    return dict(getattr(cls, "ALIASES", {}))
+
+
+def canonical_key(key: str, cls: type) -> str:
+    """``key``, or the key an old name of it now stands for."""
+    return aliases(cls).get(key, key)
+
+
+def deprecation_notes(keys: Iterable[str], cls: type, how: str = "--set {key}=...") -> list[str]:
+    """One line per old key name among ``keys``: what to write instead (``how`` formats a
+    spelling of a key, e.g. ``--set {key}=...`` or ``{key} = ...`` in a config file)."""
+    table = aliases(cls)
+    return [f"{how.format(key=k)} is deprecated: it is now {how.format(key=table[k])}"
+            for k in dict.fromkeys(keys) if k in table]
+
+
+def values_from_dict(cls: type, d: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Type-checked constructor arguments of ``cls`` from a JSON/TOML/YAML dict (config.json,
+    a checkpoint's config, a config file; old key names are mapped): unknown keys and wrong
+    types raise ``ConfigError`` (prefixed with ``where``, the file, when given)."""
     hints = _hints(cls)
-    unknown = sorted(set(d) - set(hints))
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; valid keys: {', '.join(hints)}")
-    return {k: _coerce_json(k, v, hints[k]) for k, v in d.items()}
+    prefix = f"{where}: " if where else ""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = canonical_key(k, cls)
+        if isinstance(v, dict):
+            raise ConfigError(f"{prefix}{k!r} is a table; salt configs are flat: one `key = "
+                              "value` per line at the top level")
+        if name not in hints:
+            raise ConfigError(prefix + unknown_key_message(k, cls))
+        try:
+            out[name] = _coerce_json(name, v, hints[name])
+        except ConfigError as e:
+            raise ConfigError(prefix + str(e)) from None
+    return out
 
 
 def parse_value(key: str, text: str, cls: type) -> Any:
@@ -62,6 +91,7 @@ def parse_value(key: str, text: str, cls: type) -> Any:
     values (brackets ignored), e.g. ``betas=0.9,0.99``.
     """
     hints = _hints(cls)
+    key = canonical_key(key, cls)
     if key not in hints:
         raise ConfigError(unknown_key_message(key, cls))
     tp = hints[key]
@@ -85,15 +115,44 @@ def parse_value(key: str, text: str, cls: type) -> Any:
 
 def parse_overrides(items: Iterable[str], cls: type) -> dict[str, Any]:
     """``["lr=3e-4", "betas=0.9,0.99"]`` -> typed ``{"lr": 3e-4, "betas": (0.9, 0.99)}``
-    for the keys of ``cls`` (a later item for the same key wins)."""
+    for the keys of ``cls`` (a later item for the same key wins; an old key name sets the
+    key it was renamed to)."""
     out: dict[str, Any] = {}
+    set_keys(items)  # every item is key=value before any is parsed
     for item in items:
-        key, sep, text = item.partition("=")
+        key, _, text = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=3e-4")
-        out[key] = parse_value(key, text, cls)
+        out[canonical_key(key, cls)] = parse_value(key, text, cls)
     return out
+
+
+def set_keys(items: Iterable[str]) -> list[str]:
+    """The keys `--set` items name, as typed (a malformed item raises ``ConfigError``)."""
+    keys = []
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=3e-4")
+        keys.append(key.strip())
+    return keys
+
+
+def type_name(cls: type, key: str) -> str:
+    """How `salt exp show --keys` names a key's type: ``int``, ``float``, ``bool``,
+    ``string``, ``int or unset``, ``2 floats``."""
+    tp = _hints(cls)[key]
+    optional = ""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        optional = " or unset"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"{len(args)} {_word(args[0])}s{optional}"
+    return _word(tp) + optional
+
+
+def _word(tp: Any) -> str:
+    return "string" if tp is str else _type_name(tp)
 
 
 def _type_name(tp: Any) -> str:

@@ -2,9 +2,15 @@
 
 - cached targets (the default): frames tars + memory-mapped latents of a store built by
   ``salt cache build``, opened by ``salt_vla.cache.store``; this module only says what the
-  config expects of it. The teacher is never built.
+  config expects of it, and checks the store's structure before training starts
+  (:func:`check_store_structure`). The teacher is never built.
 - online targets: decode the videos with the config's view, run the teacher on each batch.
 - in memory: arrays handed over by tests and benchmarks.
+
+Each source says what data it is (``DataSources.identity``: the store's identity_sha256, view
+hash and teacher sha256; for online targets the view hash, plus the teacher's sha256 once it
+is built). Checkpoints record it, and a resume on other data is refused
+(:func:`check_same_data`) before anything of the run directory is rewritten.
 """
 
 from __future__ import annotations
@@ -17,12 +23,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from salt_vla.cache.store import StoreExpectation, open_store
-from salt_vla.errors import ConfigError
+from salt_vla.cache.store import Store, StoreExpectation, open_store
+from salt_vla.cache.structure import check_structure
+from salt_vla.errors import ConfigError, SaltError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.trainer.build import STORE_VIEW, config_grid, spec_grid, view_spec
+from salt_vla.trainer.checkpoint import CheckpointError
 from salt_vla.trainer.data import FrameSource, TargetSource
 from salt_vla.trainer.experiments import TrainConfig
+
+# What ``DataSources.identity`` compares between a checkpoint and the data of its resume
+# (present in both: older checkpoints recorded none). ``kind`` and ``where`` only describe.
+IDENTITY_KEYS = ("identity_sha256", "teacher_sha256", "view_hash")
+
+
+class StoreStructureError(SaltError, ValueError):
+    """A store file that is missing, not the size its commit record says, or a shard index
+    that fails its crc32c: refused before step 1 (a batch would otherwise hit it hours into
+    the run)."""
 
 
 @dataclass
@@ -37,6 +55,7 @@ class DataSources:
     grid: TokenGrid
     describe: dict[str, Any] = field(default_factory=dict)
     teacher_factory: Callable[[torch.device], Any] | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # see IDENTITY_KEYS
 
     def make_teacher(self, device: torch.device) -> Any:
         """The teacher for online targets (only ever called with ``targets='online'``)."""
@@ -64,9 +83,30 @@ def store_expectation(cfg: TrainConfig, meta: dict[str, Any]) -> StoreExpectatio
     )
 
 
+def check_store_structure(store: Store) -> None:
+    """Refuse a store whose committed shards are not structurally sound, before step 1: a
+    missing, truncated or resized shard file, a shard index that fails its crc32c or holds
+    other rows than cache.json says, a zarr.json that disagrees with cache.json. A batch would
+    otherwise hit it hours into the run.
+
+    It is ``salt cache verify --quick``'s check (:func:`salt_vla.cache.structure.
+    check_structure`), O(shards) and without reading a latent or frame byte: per shard two
+    ``stat`` s and the 16 B-a-row index at the end of each latents (and scale) file."""
+    problems = check_structure(store.root, store.meta, commit_records=False, uncommitted=False)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... ({len(problems)} problems)" if len(problems) > 10 else ""
+        raise StoreStructureError(
+            f"the store {store.root} is damaged:\n  {shown}{more}\nrun `salt cache verify "
+            f"{store.root}` for the full report, then `salt cache build` with the same options "
+            "to rebuild the damaged shards")
+
+
 def open_cached(cfg: TrainConfig, cache_dir: Path | str) -> DataSources:
-    """Frames + latents of the store at ``cache_dir``, after checking it against ``cfg``."""
+    """Frames + latents of the store at ``cache_dir``, after checking it against ``cfg``
+    and checking its structure (:func:`check_store_structure`)."""
     store = open_store(cache_dir, lambda meta: store_expectation(cfg, meta))
+    check_store_structure(store)
     spec = view_spec(cfg, store.meta["view"])
     return DataSources(
         frames=store.frames,
@@ -77,6 +117,9 @@ def open_cached(cfg: TrainConfig, cache_dir: Path | str) -> DataSources:
         grid=spec_grid(cfg, spec),
         describe={"targets": "cached", "cache": str(store.root), "rows": int(len(store.rows)),
                   "view_hash": store.view_hash, "teacher": store.teacher},
+        identity={"kind": "store", "where": str(store.root),
+                  "identity_sha256": store.meta.get("identity_sha256"),
+                  "view_hash": store.view_hash, "teacher_sha256": store.teacher.get("sha256")},
     )
 
 
@@ -114,14 +157,14 @@ def open_videos(cfg: TrainConfig, data_root: Path | str, split: str) -> DataSour
         from salt_vla.models.teacher import TeacherSpec, load_teacher
 
         tspec = TeacherSpec(
-            arch=cfg.teacher, num_frames=spec.num_frames, img_size=spec.size,
+            arch=cfg.teacher_arch, num_frames=spec.num_frames, img_size=spec.size,
             tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.teacher_layer,
             target_norm=cfg.target_norm,
         )
-        teacher = load_teacher(cfg.teacher_ckpt, tspec, device=device)
+        teacher = load_teacher(cfg.teacher, tspec, device=device)
         if teacher.dim != cfg.teacher_dim:
             raise ConfigError(
-                f"teacher {cfg.teacher_ckpt} has width {teacher.dim}, config teacher_dim="
+                f"teacher {cfg.teacher} has width {teacher.dim}, config teacher_dim="
                 f"{cfg.teacher_dim}; set --set teacher_dim={teacher.dim}"
             )
         return teacher
@@ -134,8 +177,9 @@ def open_videos(cfg: TrainConfig, data_root: Path | str, split: str) -> DataSour
         img_size=spec.size,
         grid=config_grid(cfg),
         describe={"targets": "online", "data": str(data_root), "split": split,
-                  "teacher": cfg.teacher_ckpt, "view": cfg.view},
+                  "teacher": cfg.teacher, "view": cfg.view},
         teacher_factory=make_teacher,
+        identity={"kind": "videos", "where": str(data_root), "view_hash": spec.hash()},
     )
 
 
@@ -193,4 +237,48 @@ def memory_sources(cfg: TrainConfig, frames: np.ndarray, targets: np.ndarray | N
         grid=config_grid(cfg),
         describe={"targets": "memory" if targets is not None else "online", "rows": len(frames)},
         teacher_factory=teacher_factory,
+    )
+
+
+def data_identity(sources: DataSources, teacher: Any = None) -> dict[str, Any]:
+    """What data a run trains on (checkpoints record it): the sources' identity, plus the
+    sha256 of the teacher that computes targets online (``teacher.sha256``: the checkpoint
+    file's, or its ``random:ARCH:SEED`` spelling)."""
+    identity = dict(sources.identity)
+    if teacher is not None and getattr(teacher, "sha256", None):
+        identity["teacher_sha256"] = teacher.sha256
+    return identity
+
+
+def _describe_identity(d: dict[str, Any]) -> str:
+    where = d.get("where")
+    what = (f"the store at {where}" if d.get("kind") == "store" else
+            f"the videos under {where}" if where else "its data")
+    facts = [f"{name} {d[k]}" for k, name in (("identity_sha256", "identity"),
+                                              ("teacher_sha256", "teacher sha256"),
+                                              ("view_hash", "view hash")) if d.get(k)]
+    return f"{what} ({', '.join(facts)})" if facts else what
+
+
+def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], checkpoint: Path | str
+                    ) -> None:
+    """Refuse to resume ``checkpoint`` (whose ``data.identity`` is ``saved``) on data of
+    identity ``now`` when any of :data:`IDENTITY_KEYS` recorded in both differs: another
+    store with the same row count, a teacher file replaced at the same path. The message
+    names both and how to point the run back at its own data."""
+    if not saved:
+        return  # a checkpoint from before identities were recorded
+    differ = [k for k in IDENTITY_KEYS if saved.get(k) and now.get(k) and saved[k] != now[k]]
+    if not differ:
+        return
+    if saved.get("kind") == "store" and saved.get("where"):
+        fix = (f"resume with the store it was trained on (--cache {saved['where']}), or train "
+               "on this one in a new run (another --out)")
+    else:
+        fix = ("restore the teacher checkpoint it was trained with, or start a new run with "
+               "another --out")
+    raise CheckpointError(
+        f"{checkpoint} was trained on {_describe_identity(saved)}, but this run would read "
+        f"{_describe_identity(now)}: {', '.join(differ)} differ. A resumed run must see the "
+        f"same data; {fix}"
     )

@@ -14,11 +14,11 @@ unknown exactly as for `salt train` (one parser: ``overrides.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from salt_vla.errors import ConfigError
 from salt_vla.models.teacher import ARCHS
-from salt_vla.trainer.loop_config import LoopConfig
+from salt_vla.trainer.loop_config import LoopConfig, key
 from salt_vla.trainer.overrides import did_you_mean
 
 
@@ -42,20 +42,22 @@ class TeacherTrainConfig(LoopConfig):
     mask_strategy: str = "ratio"
     batch_size: int = 64
     epochs: int = 800
-    lr: float = 3.75e-5
+    lr: float = key(3.75e-5, "peak learning rate; while blr > 0 it is derived: blr x "
+                    "batch_size / 256 (an lr given without blr sets blr = 0)")
     min_lr: float = 1e-6
     warmup_steps: int = 10000
     weight_decay: float = 0.05
     weight_decay_end: float = 0.05
     grad_clip: float = 0.0  # no clipping in VideoMAE pre-training
     # --- encoder (the exported teacher) and pixel decoder
-    arch: str = "vit_base"  # VideoMAEv2 size (salt_vla.models.teacher.ARCHS)
-    decoder_width: int = 384
-    decoder_depth: int = 4
-    decoder_heads: int = 6
+    arch: str = key("vit_base", "VideoMAEv2 size of the encoder (the exported teacher)")
+    decoder_width: int = key(384, "pixel decoder width")
+    decoder_depth: int = key(4, "pixel decoder blocks")
+    decoder_heads: int = key(6, "pixel decoder attention heads")
     # --- objective
-    norm_pix: bool = True  # per-patch, per-channel normalised pixel targets (VideoMAE)
-    blr: float = 1.5e-4  # base lr per 256 clips; > 0: lr = blr * batch_size / 256
+    norm_pix: bool = key(True, "per-patch, per-channel normalised pixel targets (VideoMAE)")
+    blr: float = key(1.5e-4, "base learning rate per 256 clips; > 0: lr = blr x batch_size "
+                     "/ 256")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -113,15 +115,19 @@ def scaled_lr(cfg: TeacherTrainConfig) -> TeacherTrainConfig:
 
 
 def resolve_teacher(
-    name: str, overrides: list[str] | tuple[str, ...] = ()
+    name: str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    file_values: dict[str, Any] | None = None,
 ) -> TeacherTrainConfig:
-    """Teacher preset ``name`` with `--set` overrides applied, lr scaled, validated.
+    """Teacher preset ``name`` (None: the defaults of :class:`TeacherTrainConfig`), then a
+    config file's values, then the `--set` overrides (a later one wins); lr scaled,
+    validated.
 
-    An explicit ``lr`` without ``blr`` turns the batch scaling off (``blr=0``): the user's
-    number is used as given.
+    An explicit ``lr`` without ``blr`` (in the file or the overrides) turns the batch scaling
+    off (``blr=0``): the user's number is used as given.
     """
-    base = get_teacher_preset(name)
-    values = TeacherTrainConfig.parse_overrides(overrides)
+    base = get_teacher_preset(name) if name is not None else TeacherTrainConfig()
+    values = {**(file_values or {}), **TeacherTrainConfig.parse_overrides(overrides)}
     if "lr" in values and "blr" not in values:
         values["blr"] = 0.0
     return scaled_lr(replace(base, **values)).validated()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from salt_vla.cache.teacher_choice import teacher_record_path
 from salt_vla.errors import SaltError
 from salt_vla.files import write_text_atomic
 from salt_vla.models.checkpoint import file_sha256, save_state_dict
@@ -46,7 +47,7 @@ class TeacherExport:
 
     def cache_command(self, data_root: str = "DATA_ROOT") -> str:
         """The `salt cache build` line that turns this teacher into a latent store."""
-        return (f"salt cache build {data_root} --teacher-ckpt {self.path} --teacher-arch "
+        return (f"salt cache build {data_root} --teacher {self.path} --teacher-arch "
                 f"{self.spec.arch} --view-preset {self.view}")
 
 
@@ -107,7 +108,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
         "params": int(sum(v.numel() for v in weights.values())),
         "torch": torch.__version__,
     }
-    meta_path = out.with_name(out.name + ".json")
+    meta_path = teacher_record_path(out)  # `salt cache build` reads arch + view from it
     write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
     return TeacherExport(out, sha, sha_path, meta_path, spec, cfg.view, int(state["step"]),
                          int(state["total_steps"]))

@@ -121,6 +121,7 @@ def open_video_clips(
     targets (``cfg`` has ``view``, ``tubelet``, ``patch``)."""
     spec = view_spec(cfg)
     clips = VideoClips(data_root, split, spec, failures)
+    echo(clips.index.describe())  # which SSv2 layout was found, where the videos are
     if clips.index.missing:
         echo(f"warning: {len(clips.index.missing)} video(s) of {split} are missing on disk "
              f"(e.g. {clips.index.missing[:3]}); training on the {len(clips.ids)} present. "
