@@ -16,14 +16,22 @@ then, on the same data and the same exported stage-1 teacher, a second cache bui
 Prints the student's final normalised loss (mean of the last 5 logged values) and probe top-1
 for both, per seed.
 
+Part ``reuse``: the same comparison on demo seeds that exist already (``--from DIR`` holds
+``seed-K/data`` and the exported stage-1 teacher ``seed-K/teacher/teacher.pth``, e.g. a full
+``salt demo`` run), read only: per seed a float16 and an int8 cache of the train split under
+``--out``, the same ``--student-steps`` of stage 2 on each (the ``tiny`` preset, the seed's
+seed), the demo's probe of both students. Nothing is written under ``--from``.
+
     python benchmarks/bench_int8_targets.py error [--clips 4]
     python benchmarks/bench_int8_targets.py demo --out DIR [--seed 0 --seed 1 --seed 2]
+    python benchmarks/bench_int8_targets.py reuse --from DIR --out DIR [--student-steps 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from dataclasses import replace
@@ -109,7 +117,6 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
     from salt_vla.data.view import view_preset
     from salt_vla.demo import TEACHER_ARCH, TRAIN_EXP, VIEW, demo_config, run_seed, seed_dir
     from salt_vla.eval.probe_run import ProbeJob, run_probe
-    from salt_vla.runs.rundir import loss_curve
     from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import RunSpec, train
 
@@ -140,11 +147,8 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
                          d / "probe-salt-int8.json", echo=lambda s: None, reuse=True)
         t_int8 = time.perf_counter() - t0
 
-        def final(run_dir: Path) -> float:
-            return float(np.mean([v for _, v in loss_curve(run_dir, "norm_loss")][-5:]))
-
-        rec = {"seed": seed, "fp16_norm_loss": final(d / "run"),
-               "int8_norm_loss": final(run8), "fp16_top1": run.top1["salt"],
+        rec = {"seed": seed, "fp16_norm_loss": final_loss(d / "run"),
+               "int8_norm_loss": final_loss(run8), "fp16_top1": run.top1["salt"],
                "int8_top1": res8.top1, "teacher_top1": run.top1["teacher"],
                "random_top1": run.top1["random"], "fp16_seconds": round(t_fp16),
                "int8_seconds": round(t_int8)}
@@ -168,6 +172,67 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
               f"(per seed {', '.join(f'{100 * v:+.1f}' for v in dt)})")
 
 
+def final_loss(run_dir: Path) -> float:
+    """The student's final normalised loss: the mean of its last 5 logged values."""
+    from salt_vla.runs.rundir import loss_curve
+
+    return float(np.mean([v for _, v in loss_curve(run_dir, "norm_loss")][-5:]))
+
+
+def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: int) -> None:
+    """fp16 vs int8 caches of existing demo seeds (``src``, read only), trained alike."""
+    from salt_vla.cache.build import BuildConfig, build_cache
+    from salt_vla.cache.pipeline import PipelineConfig
+    from salt_vla.data.view import view_preset
+    from salt_vla.demo import TEACHER_ARCH, TRAIN_EXP, VIEW, demo_config
+    from salt_vla.eval.probe_run import ProbeJob, run_probe
+    from salt_vla.trainer.experiments import resolve
+    from salt_vla.trainer.loop import RunSpec, train
+
+    results = []
+    for seed in seeds:
+        data, teacher = src / f"seed-{seed}" / "data", src / f"seed-{seed}" / "teacher"
+        d = out / f"seed-{seed}"
+        probe = demo_config(seed=seed).probe
+        rec: dict[str, float | int] = {"seed": seed}
+        for dtype in ("float16", "int8"):
+            t0 = time.perf_counter()
+            cache = d / f"cache-{dtype}"
+            build_cache(BuildConfig(
+                data_root=data, out=cache, teacher=str(teacher / "teacher.pth"),
+                view=view_preset(VIEW), split="train", teacher_arch=TEACHER_ARCH, dtype=dtype,
+                pipeline=PipelineConfig(batch_size=32, workers=workers),
+                command=("bench_int8_targets", "reuse", dtype), show_progress=False),
+                log=lambda s: None)
+            run = d / f"run-{dtype}"
+            train(resolve(TRAIN_EXP, [f"max_steps={student_steps}", f"seed={seed}"]),
+                  RunSpec(out=run, cache=cache, resume="auto"), echo=lambda s: None)
+            res = run_probe(ProbeJob(encoder=str(run), data=data, probe=probe,
+                                     teacher_arch=TEACHER_ARCH, feature_cache=d / "features",
+                                     workers=0, what=f"SALT student, {dtype} targets"),
+                            d / f"probe-salt-{dtype}.json", echo=lambda s: None, reuse=True)
+            rec[f"{dtype}_norm_loss"] = final_loss(run)
+            rec[f"{dtype}_top1"] = res.top1
+            rec[f"{dtype}_seconds"] = round(time.perf_counter() - t0)
+        results.append(rec)
+        print(json.dumps(rec), flush=True)
+    print(f"existing demo seeds {src}: stage-1 teachers reused, student {student_steps} steps "
+          f"(tiny preset), probe {demo_config().probe.kind} {demo_config().probe.epochs} "
+          f"epochs (the demo's); {platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}")
+    print(f"  {'seed':>4}  {'norm loss fp16':>14}  {'int8':>8}  {'probe top-1 fp16':>16}  "
+          f"{'int8':>6}")
+    for r in results:
+        print(f"  {r['seed']:>4}  {r['float16_norm_loss']:14.4f}  {r['int8_norm_loss']:8.4f}  "
+              f"{100 * r['float16_top1']:15.1f}%  {100 * r['int8_top1']:5.1f}%")
+    if len(results) > 1:
+        dl = [r["int8_norm_loss"] - r["float16_norm_loss"] for r in results]
+        dt = [r["int8_top1"] - r["float16_top1"] for r in results]
+        print(f"  int8 - fp16: norm loss {np.mean(dl):+.4f} (per seed "
+              f"{', '.join(f'{v:+.4f}' for v in dl)}); top-1 {100 * np.mean(dt):+.1f} points "
+              f"(per seed {', '.join(f'{100 * v:+.1f}' for v in dt)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="part", required=True)
@@ -182,10 +247,19 @@ def main() -> None:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--teacher", choices=("stage1", "random"), default="stage1",
                    help="stage1: train the demo's teacher; random: the seeded random teacher.")
+    r = sub.add_parser("reuse")
+    r.add_argument("--from", dest="src", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--seed", type=int, action="append")
+    r.add_argument("--student-steps", type=int, default=300)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, getattr(args, "threads", 0) or torch.get_num_threads()))
     if args.part == "error":
         error_table(args.clips)
+    elif args.part == "reuse":
+        reuse(args.src, args.out, args.seed or [0, 1, 2], args.student_steps, args.workers)
     else:
         demo(args.out, args.seed or [0, 1, 2], args.videos, args.teacher_steps,
              args.student_steps, args.workers, args.teacher)

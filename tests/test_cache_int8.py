@@ -74,6 +74,19 @@ def test_int8_store_reads_as_float16_close_to_the_fp16_store(int8_store: Path,
     assert on_disk < 0.55 * fp16
 
 
+def test_int8_size_estimate_equals_the_bytes_a_build_writes(int8_store: Path) -> None:
+    """`cache build --dry-run` and the README table state int8 sizes from
+    cache/estimate.py: values + float16 scales, and two shard indexes a shard."""
+    from salt_vla.cache.estimate import StoreSize
+
+    size = StoreSize(13, 64, 192, "int8", 8, 64, shard_size=4)
+    assert size.latent_row_bytes == 64 * 192 + 64 * 2
+    on_disk = sum(f.stat().st_size for d in ("latents.zarr", "latents_scale.zarr")
+                  for f in (int8_store / d / "c").rglob("*") if f.is_file())
+    failed = 3  # the fixture's corrupt videos store no chunk in either file
+    assert size.latents_bytes() - failed * size.latent_row_bytes == on_disk
+
+
 def test_plain_zarr_reads_latents_and_scales(int8_store: Path) -> None:
     zarr = pytest.importorskip("zarr")
     store = LatentStore(int8_store)

@@ -5,10 +5,11 @@ lines of a real build, the check that refuses a destination that cannot hold the
 the README's "real scale" table (:func:`size_table`; a test keeps the README in step).
 
 Latents are exact: a row is ``tokens x dim`` values of the storage dtype
-(:data:`LATENT_ROW_BYTES`; ViT-B at 16x224 in float16: 1,568 x 768 x 2 = 2,408,448 B), plus
-the zarr shard index, 16 B per row slot and a 4 B checksum per shard (``cache/format.py``).
-A new storage dtype is one entry there: e.g. int8 with a float16 scale per token would be
-``"int8": lambda tokens, dim: tokens * dim + 2 * tokens`` (1,207,360 B a row at that shape).
+(:data:`LATENT_ROW_BYTES`; ViT-B at 16x224 in float16: 1,568 x 768 x 2 = 2,408,448 B; int8
+with its float16 scale per token, ``latents_scale.zarr``: 1,568 x 768 + 1,568 x 2 =
+1,207,360 B), plus the zarr shard index of each sharded file, 16 B per row slot and a 4 B
+checksum per shard (``cache/format.py``; int8 stores have two sharded files a shard). A new
+storage dtype is one entry in each table.
 
 Frames are an estimate, since JPEG sizes depend on the content: a measured mean JPEG size
 per frame when there is one (``--estimate N`` runs N videos through the real pipeline), else
@@ -27,8 +28,12 @@ from pathlib import Path
 LATENT_ROW_BYTES: dict[str, Callable[[int, int], int]] = {
     "float16": lambda tokens, dim: tokens * dim * 2,
     "float32": lambda tokens, dim: tokens * dim * 4,
+    "int8": lambda tokens, dim: tokens * dim + tokens * 2,  # + the float16 scale a token
 }
-"""Storage dtype -> bytes of one row's latents ``[tokens, dim]``."""
+"""Storage dtype -> bytes of one row's latents ``[tokens, dim]`` (scales included)."""
+
+SHARDED_FILES: dict[str, int] = {"int8": 2}
+"""Storage dtype -> zarr sharded files a shard (each with its own index); default 1."""
 
 SHARD_INDEX_BYTES_PER_ROW = 16  # zarr sharding index: uint64 (offset, nbytes) per inner chunk
 SHARD_INDEX_CRC_BYTES = 4  # crc32c over the index
@@ -93,7 +98,8 @@ class StoreSize:
     def latents_bytes(self, shards: int | None = None) -> int:
         """Latents of ``shards`` full shards (default: the whole store), shard indexes
         included (exact for a complete store)."""
-        index = self.shard_size * SHARD_INDEX_BYTES_PER_ROW + SHARD_INDEX_CRC_BYTES
+        index = (self.shard_size * SHARD_INDEX_BYTES_PER_ROW + SHARD_INDEX_CRC_BYTES) \
+            * SHARDED_FILES.get(self.dtype, 1)
         if shards is None:
             return self.rows * self.latent_row_bytes + self.num_shards * index
         return shards * (self.shard_size * self.latent_row_bytes + index)
