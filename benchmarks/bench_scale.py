@@ -20,7 +20,8 @@ the commit records have about their real sizes; the tars are a few times smaller
 - open files: descriptors of this process during random reads of latents and frames across
   all shards, vs the readers' bound;
 - trainer start-up: ``open_store`` (cache.json, zarr metadata, frame index from the member
-  tables) and ``structure.check_structure`` (the O(shards) check a trainer can run at start).
+  tables) and ``structure.check_structure`` (the O(shards) check the trainer runs at start,
+  ``trainer.sources.check_store_structure``).
 
 ``train`` part: a store of ``--shards`` one-row shards of the ``tiny`` preset's shapes (8 JPEG
 frames of 64x64, 64 tokens x 192 latents), then ``salt train --exp tiny`` for ``--steps``
