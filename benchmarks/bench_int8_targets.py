@@ -147,10 +147,10 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
                          d / "probe-salt-int8.json", echo=lambda s: None, reuse=True)
         t_int8 = time.perf_counter() - t0
 
-        rec = {"seed": seed, "fp16_norm_loss": final_loss(d / "run"),
-               "int8_norm_loss": final_loss(run8), "fp16_top1": run.top1["salt"],
+        rec = {"seed": seed, "float16_norm_loss": final_loss(d / "run"),
+               "int8_norm_loss": final_loss(run8), "float16_top1": run.top1["salt"],
                "int8_top1": res8.top1, "teacher_top1": run.top1["teacher"],
-               "random_top1": run.top1["random"], "fp16_seconds": round(t_fp16),
+               "random_top1": run.top1["random"], "float16_seconds": round(t_fp16),
                "int8_seconds": round(t_int8)}
         results.append(rec)
         print(json.dumps(rec), flush=True)
@@ -158,15 +158,21 @@ def demo(out: Path, seeds: list[int], videos: int, teacher_steps: int, student_s
             else "random:vit_tiny:SEED teacher (no stage 1)")
     print(f"demo cut down: {videos} videos, {what}, student {student_steps} steps, probe "
           f"{demo_config().probe.epochs} epochs (the demo's)")
+    print_comparison(results, ("teacher", "random"))
+
+
+def print_comparison(results: list[dict], probes: tuple[str, ...] = ()) -> None:
+    """Per seed: final normalised loss and probe top-1 of the float16 and int8 students (and
+    of the ``probes`` encoders, e.g. the teacher), then the mean int8 - float16 differences."""
     print(f"  {'seed':>4}  {'norm loss fp16':>14}  {'int8':>8}  {'probe top-1 fp16':>16}  "
-          f"{'int8':>6}  {'teacher':>7}  {'random':>6}")
+          f"{'int8':>6}" + "".join(f"  {k:>7}" for k in probes))
     for r in results:
-        print(f"  {r['seed']:>4}  {r['fp16_norm_loss']:14.4f}  {r['int8_norm_loss']:8.4f}  "
-              f"{100 * r['fp16_top1']:15.1f}%  {100 * r['int8_top1']:5.1f}%  "
-              f"{100 * r['teacher_top1']:6.1f}%  {100 * r['random_top1']:5.1f}%")
+        print(f"  {r['seed']:>4}  {r['float16_norm_loss']:14.4f}  {r['int8_norm_loss']:8.4f}  "
+              f"{100 * r['float16_top1']:15.1f}%  {100 * r['int8_top1']:5.1f}%"
+              + "".join(f"  {100 * r[f'{k}_top1']:6.1f}%" for k in probes))
     if len(results) > 1:
-        dl = [r["int8_norm_loss"] - r["fp16_norm_loss"] for r in results]
-        dt = [r["int8_top1"] - r["fp16_top1"] for r in results]
+        dl = [r["int8_norm_loss"] - r["float16_norm_loss"] for r in results]
+        dt = [r["int8_top1"] - r["float16_top1"] for r in results]
         print(f"  int8 - fp16: norm loss {np.mean(dl):+.4f} (per seed "
               f"{', '.join(f'{v:+.4f}' for v in dl)}); top-1 {100 * np.mean(dt):+.1f} points "
               f"(per seed {', '.join(f'{100 * v:+.1f}' for v in dt)})")
@@ -220,17 +226,7 @@ def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: i
           f"(tiny preset), probe {demo_config().probe.kind} {demo_config().probe.epochs} "
           f"epochs (the demo's); {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}")
-    print(f"  {'seed':>4}  {'norm loss fp16':>14}  {'int8':>8}  {'probe top-1 fp16':>16}  "
-          f"{'int8':>6}")
-    for r in results:
-        print(f"  {r['seed']:>4}  {r['float16_norm_loss']:14.4f}  {r['int8_norm_loss']:8.4f}  "
-              f"{100 * r['float16_top1']:15.1f}%  {100 * r['int8_top1']:5.1f}%")
-    if len(results) > 1:
-        dl = [r["int8_norm_loss"] - r["float16_norm_loss"] for r in results]
-        dt = [r["int8_top1"] - r["float16_top1"] for r in results]
-        print(f"  int8 - fp16: norm loss {np.mean(dl):+.4f} (per seed "
-              f"{', '.join(f'{v:+.4f}' for v in dl)}); top-1 {100 * np.mean(dt):+.1f} points "
-              f"(per seed {', '.join(f'{100 * v:+.1f}' for v in dt)})")
+    print_comparison(results)
 
 
 def main() -> None:
