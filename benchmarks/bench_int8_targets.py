@@ -185,8 +185,12 @@ def final_loss(run_dir: Path) -> float:
     return float(np.mean([v for _, v in loss_curve(run_dir, "norm_loss")][-5:]))
 
 
-def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: int) -> None:
-    """fp16 vs int8 caches of existing demo seeds (``src``, read only), trained alike."""
+def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: int,
+          fp16_from_src: bool = False) -> None:
+    """fp16 vs int8 caches of existing demo seeds (``src``, read only), trained alike.
+    ``fp16_from_src``: take the float16 arm from the seed's own demo run (``run/`` and
+    ``probe-salt.json`` under ``src``) instead of training it again; valid when this code
+    reproduces that run (check one seed both ways: the final losses must agree)."""
     from salt_vla.cache.build import BuildConfig, build_cache
     from salt_vla.cache.pipeline import PipelineConfig
     from salt_vla.data.view import view_preset
@@ -201,7 +205,11 @@ def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: i
         d = out / f"seed-{seed}"
         probe = demo_config(seed=seed).probe
         rec: dict[str, float | int] = {"seed": seed}
-        for dtype in ("float16", "int8"):
+        if fp16_from_src:
+            rec["float16_norm_loss"] = final_loss(src / f"seed-{seed}" / "run")
+            rec["float16_top1"] = json.loads(
+                (src / f"seed-{seed}" / "probe-salt.json").read_text())["top1"]
+        for dtype in ("int8",) if fp16_from_src else ("float16", "int8"):
             t0 = time.perf_counter()
             cache = d / f"cache-{dtype}"
             build_cache(BuildConfig(
@@ -223,6 +231,7 @@ def reuse(src: Path, out: Path, seeds: list[int], student_steps: int, workers: i
         results.append(rec)
         print(json.dumps(rec), flush=True)
     print(f"existing demo seeds {src}: stage-1 teachers reused, student {student_steps} steps "
+          f"{'(float16 arm: the demo runs there) ' if fp16_from_src else ''}"
           f"(tiny preset), probe {demo_config().probe.kind} {demo_config().probe.epochs} "
           f"epochs (the demo's); {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.1f}")
@@ -250,12 +259,15 @@ def main() -> None:
     r.add_argument("--student-steps", type=int, default=300)
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    r.add_argument("--fp16-from-src", action="store_true",
+                   help="float16 arm: the seed's own run under --from (not trained again)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, getattr(args, "threads", 0) or torch.get_num_threads()))
     if args.part == "error":
         error_table(args.clips)
     elif args.part == "reuse":
-        reuse(args.src, args.out, args.seed or [0, 1, 2], args.student_steps, args.workers)
+        reuse(args.src, args.out, args.seed or [0, 1, 2], args.student_steps, args.workers,
+              args.fp16_from_src)
     else:
         demo(args.out, args.seed or [0, 1, 2], args.videos, args.teacher_steps,
              args.student_steps, args.workers, args.teacher)
