@@ -7,7 +7,9 @@ processes on a shared machine hits them alike.
 
 Warm (default; every byte read once first, so the page cache holds the store):
 
-* ``LatentStore.get`` (the trainer's path: exact-size ``preadv`` per row, 4 threads);
+* ``LatentStore.get`` (the trainer's path: exact copies per row, 4 threads, each row's
+  crc32c checked against its commit record);
+* ``LatentStore, verify_reads off`` (the same without the crc32c: its overhead);
 * ``zarr z[r] per row`` (zarr-python 3's sharding codec);
 * ``exact pread, 1 thread`` (``os.pread`` of each row at its index offset);
 * ``raw np.memmap`` per shard file shaped ``[shard_size, tokens, dim]`` (the upper bound:
@@ -20,7 +22,8 @@ reads the same batches. Per method: GB/s of row bytes delivered, and the read
 amplification: bytes the device delivered to this process (``read_bytes`` of
 ``/proc/self/io``, kernel readahead included) over the row bytes needed. Methods:
 
-* ``LatentStore.get`` (exact reads, ``POSIX_FADV_RANDOM``, 4 threads per batch);
+* ``LatentStore.get`` (exact reads, ``MADV_RANDOM``, 4 threads per batch, crc32c checked);
+* ``LatentStore, verify_reads off`` (without the crc32c);
 * ``LatentStore.get_async, 2 ahead`` (the trainer's feeder: the next batch submitted while
   one is handed over);
 * ``LatentStore, 1 thread``;
@@ -187,7 +190,9 @@ def warm(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
         # One z[r] per row: zarr 3.1's oindex[rows] on a sharded array is ~20x slower.
         return np.stack([z[int(r)] for r in rows])
 
-    methods = {"LatentStore.get": store.get, "zarr z[r] per row": read_zarr,
+    unchecked = LatentStore(root, verify_reads=False)
+    methods = {"LatentStore.get": store.get, "LatentStore, verify_reads off": unchecked.get,
+               "zarr z[r] per row": read_zarr,
                "exact pread, 1 thread": base.pread, "raw np.memmap": base.memmap}
     for b in batches[:3]:
         got = store.get(b)
@@ -201,6 +206,10 @@ def warm(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
           f"{np.__version__}")
     rates = time_interleaved(methods, batches, clip_bytes)
     r_store, r_raw = rates["LatentStore.get"], rates["raw np.memmap"]
+    r_off = rates["LatentStore, verify_reads off"]
+    print(f"crc32c of every row read (verify_reads, the default): "
+          f"{100 * (1 - r_store / r_off):.1f}% slower than without ({r_store:.0f} vs "
+          f"{r_off:.0f} clips/s)")
     print(f"LatentStore / raw memmap = {r_store / r_raw:.2f}   "
           f"LatentStore / zarr = {r_store / rates['zarr z[r] per row']:.1f}x   "
           f"LatentStore / exact pread = {r_store / rates['exact pread, 1 thread']:.2f}")
@@ -209,6 +218,7 @@ def warm(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
 def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
     store = LatentStore(root)
     single = LatentStore(root, threads=1)
+    unchecked = LatentStore(root, verify_reads=False)
     base = Baselines(root, store)
     rng = np.random.default_rng(2)
 
@@ -232,8 +242,9 @@ def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
                 break
         return done
 
-    names = ["LatentStore.get", "LatentStore.get_async, 2 ahead", "LatentStore, 1 thread",
-             "exact pread, 1 thread", "memmap + copy", "sequential read"]
+    names = ["LatentStore.get", "LatentStore, verify_reads off", "LatentStore.get_async, 2 ahead",
+             "LatentStore, 1 thread", "exact pread, 1 thread", "memmap + copy",
+             "sequential read"]
     spent = dict.fromkeys(names, 0.0)
     delivered = dict.fromkeys(names, 0)
     needed = dict.fromkeys(names, 0)
@@ -244,7 +255,7 @@ def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
         need = sum(len(b) for b in batches) * clip_bytes
         order = names[rnd % len(names):] + names[:rnd % len(names)]  # rotate who goes first
         for name in order:
-            for reader in (store, single):
+            for reader in (store, single, unchecked):
                 reader.close()  # no descriptor or cached index from the previous turn
                 reader._latents.offsets.clear()
             base.reset()
@@ -253,6 +264,9 @@ def cold(root: Path, args: argparse.Namespace, clip_bytes: int) -> None:
             if name == "LatentStore.get":
                 for b in batches:
                     store.get(b)
+            elif name == "LatentStore, verify_reads off":
+                for b in batches:
+                    unchecked.get(b)
             elif name.startswith("LatentStore.get_async"):
                 read_ahead(batches)
             elif name == "LatentStore, 1 thread":

@@ -126,6 +126,25 @@ def test_verify_checks_the_scales(int8_store: Path, tmp_path: Path) -> None:
         report.problems
 
 
+def test_a_flipped_scale_byte_fails_its_read(int8_store: Path, tmp_path: Path) -> None:
+    from salt_vla.cache.latent_store import RowChecksumError
+    from salt_vla.cache.shard import read_index
+
+    copy = tmp_path / "store"
+    shutil.copytree(int8_store, copy)
+    reader = LatentStore(copy)
+    row = int(reader.valid_rows[0])
+    path = StorePaths(copy).scale_shard(row // 4)
+    offsets = read_index(path, 4)[0]
+    data = bytearray(path.read_bytes())
+    data[int(offsets[row % 4]) + 3] ^= 0x01  # one scale of one token
+    path.write_bytes(bytes(data))
+    with pytest.raises(RowChecksumError) as e:
+        LatentStore(copy).get([row])
+    assert f"row {row} " in str(e.value) and "int8 scales" in str(e.value), str(e.value)
+    LatentStore(copy).get(reader.valid_rows[1:])  # the other rows read
+
+
 def test_training_on_an_int8_store(int8_store: Path, tmp_path: Path) -> None:
     from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import RunSpec, train

@@ -342,6 +342,15 @@ def test_online_runs_record_the_teacher_file_sha256(synth_root: Path, tmp_path: 
     assert (out / "config.json").read_bytes() == config
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert one byte of ``path`` in place (a bit rot or a bad sector, as a test makes it)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: Path,
                                                          damage: str) -> None:
@@ -367,6 +376,31 @@ def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: 
     assert not out.exists()  # refused before anything was written, let alone step 1
     result = CliRunner().invoke(app, train_args(copy, out, SMALL + ["max_steps=4"]))
     assert result.exit_code == 1 and str(shard) in result.output
+
+
+def test_a_flipped_latent_byte_stops_training_at_its_row(store: Path, tmp_path: Path) -> None:
+    """The structure check cannot see inside rows; the read's crc32c does (verify_reads,
+    on by default). ``verify_reads=false`` trains on the damaged row without a word."""
+    import shutil
+
+    from salt_vla.cache.latent_store import RowChecksumError
+    from salt_vla.cache.shard import read_index
+
+    copy = tmp_path / "cache"
+    shutil.copytree(store, copy)
+    shard = copy / "latents.zarr" / "c" / "1" / "0" / "0"
+    offsets = read_index(shard, 16)[0]
+    flip_byte(shard, int(offsets[5]) + 1000)  # row 16 + 5 = 21, shard 1
+    sets = SMALL + ["max_steps=16", "batch_size=4", "num_workers=0"]  # 2 epochs: row 21 read
+    with pytest.raises(RowChecksumError) as e:
+        train(resolve("tiny", sets), RunSpec(out=tmp_path / "run", cache=copy),
+              echo=lambda s: None)
+    msg = str(e.value)
+    assert "row 21 " in msg and "shard 1 " in msg and str(shard) in msg, msg
+    assert f"salt cache verify {copy}" in msg, msg
+    res = train(resolve("tiny", sets + ["verify_reads=false"]),
+                RunSpec(out=tmp_path / "unchecked", cache=copy), echo=lambda s: None)
+    assert res.step == 16
 
 
 def test_cli_exits_143_after_a_sigterm_checkpoint(store: Path, tmp_path: Path) -> None:

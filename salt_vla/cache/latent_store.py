@@ -15,7 +15,11 @@ when they are cached and at the device's speed when not:
   :meth:`get_async` reads the next batches ahead while the caller works;
 - at most ``open_files`` shard maps are open (an LRU, see ``reads.py``, one descriptor each):
   a 2,640-shard store trains under ``ulimit -n 1024``;
-- ``stats`` counts the bytes asked for vs needed.
+- ``stats`` counts the bytes asked for vs needed;
+- ``verify_reads`` (default on) checks each row's crc32c against its commit record's
+  ``row_crc32c`` (and ``scale_crc32c``, int8) as it is copied: google-crc32c runs at GB/s
+  (the overhead is in BENCHMARKS.md), and a flipped byte then stops a run at the row instead
+  of training on it. A mismatch is a :class:`RowChecksumError` naming the row and the shard.
 
 Each shard's index is parsed once per process (and inherited by forked DataLoader workers);
 maps and threads are per process, so the store can be created in the main process and used
@@ -53,10 +57,15 @@ from salt_vla.cache.format import (
 )
 from salt_vla.cache.quantize import SCALE_DTYPE, dequantize_into
 from salt_vla.cache.reads import OpenFiles, ReadStats
-from salt_vla.cache.shard import EMPTY, index_from, index_nbytes
+from salt_vla.cache.shard import EMPTY, crc32c, index_from, index_nbytes
 from salt_vla.errors import SaltError
 
 READ_THREADS = 4  # reads of one batch in flight at once (cold reads need a queue)
+
+
+class RowChecksumError(SaltError, ValueError):
+    """A row's bytes do not have the crc32c its commit record holds: the shard file was
+    changed or damaged after the build."""
 
 
 class MissingRowError(SaltError, KeyError):
@@ -190,12 +199,13 @@ class LatentStore:
     stores dequantised to float16), equal to ``zarr.open(root / "latents.zarr")[rows]`` (times
     the scales of ``latents_scale.zarr`` for int8). Rows of failed videos are not readable
     (``MissingRowError``); ``valid_rows`` lists the others. ``threads``: reads in flight per
-    batch; ``open_files``: descriptors kept open per array (default: ``reads.reader_budget``).
+    batch; ``open_files``: descriptors kept open per array (default: ``reads.reader_budget``);
+    ``verify_reads``: check every row read against its recorded crc32c (RowChecksumError).
     """
 
     def __init__(self, root: Path | str, *, allow_incomplete: bool = False,
                  manifest: dict[str, Any] | None = None, threads: int = READ_THREADS,
-                 open_files: int | None = None) -> None:
+                 open_files: int | None = None, verify_reads: bool = True) -> None:
         """``manifest``: cache.json of ``root`` when the caller has read it already
         (:func:`salt_vla.cache.store.open_store` reads it once for both readers)."""
         self.root = Path(root)
@@ -221,8 +231,12 @@ class LatentStore:
         self.row_nbytes = self.tokens * self.dim * self.stored_dtype.itemsize  # on disk
         self._check_zarr_metadata()
         present = np.zeros(self.num_rows, dtype=bool)
+        self.verify_reads = bool(verify_reads)
+        self._records: dict[int, dict[str, Any]] = {}  # shard -> its cache.json entry
+        self._crcs: dict[tuple[str, int], np.ndarray | None] = {}  # (part, shard) -> uint32
         for s in self.meta["shards"]:
             if s.get("status") == "committed":
+                self._records[int(s["index"])] = s
                 present[s["row_start"]:s["row_stop"]] = True
                 for f in s.get("failures", []):
                     present[f["row"]] = False
@@ -343,7 +357,7 @@ class LatentStore:
             return out
         # File order: consecutive rows of a shard are hinted and read back to back.
         order = np.argsort(idx, kind="stable")
-        plan = []  # (position in out, shard, latents offset, scale offset)
+        plan = []  # (position in out, row, latents offset, scale offset)
         hinted = 0
         for pos in order.tolist():
             row = int(idx[pos])
@@ -353,7 +367,7 @@ class LatentStore:
             if off is None or soff is None:
                 self._missing(row)
             hinted += self._latents.hint(shard, off)
-            plan.append((pos, shard, off, soff))
+            plan.append((pos, row, off, soff))
         parts = [p for p in np.array_split(np.arange(len(plan)), min(self.threads, len(plan)))
                  if p.size]
         if len(parts) <= 1:
@@ -384,18 +398,59 @@ class LatentStore:
         )
 
     def _read_rows(self, plan: list[tuple[int, int, int, int]], out: np.ndarray) -> None:
-        """One thread's share of a batch: ``(position in out, shard, offsets)`` per row."""
+        """One thread's share of a batch: ``(position in out, row, offsets)`` per row."""
         flat = out.reshape(out.shape[0], -1).view(np.uint8)
+        check = self.verify_reads
         if not self.quantized:
-            for pos, shard, off, _ in plan:
-                self._latents.read(shard, off, flat[pos])
+            for pos, row, off, _ in plan:
+                self._latents.read(row // self.shard_size, off, flat[pos])
+                if check:
+                    self._check_crc("latents", row, off, flat[pos])
             return
         assert self._scales is not None
         scale, scratch = self._scratch()
-        for pos, shard, off, soff in plan:
+
+        def use(q: np.ndarray, pos: int, row: int, off: int) -> None:
+            if check:
+                self._check_crc("latents", row, off, q)
+            dequantize_into(q, scale, out[pos], scratch)
+
+        for pos, row, off, soff in plan:
+            shard = row // self.shard_size
             self._scales.read(shard, soff, scale.view(np.uint8))
+            if check:
+                self._check_crc("scale", row, soff, scale)
             self._latents.view(shard, off, np.dtype(np.int8), (self.tokens, self.dim),
-                               lambda q, p=pos: dequantize_into(q, scale, out[p], scratch))
+                               lambda q, p=pos, r=row, o=off: use(q, p, r, o))
+
+    def _recorded_crcs(self, part: str, shard: int) -> np.ndarray | None:
+        """The crc32c of each row of ``shard``'s ``part`` file (``latents``/``scale``) as its
+        commit record holds them, uint32 (None where a store predates them)."""
+        key = (part, shard)
+        if key not in self._crcs:
+            hexes = self._records.get(shard, {}).get(
+                "row_crc32c" if part == "latents" else "scale_crc32c")
+            self._crcs[key] = None if hexes is None else np.asarray(
+                [0 if h is None else int(h, 16) for h in hexes], np.uint32)
+        return self._crcs[key]
+
+    def _check_crc(self, part: str, row: int, offset: int, data: np.ndarray) -> None:
+        shard, local = divmod(row, self.shard_size)
+        want = self._recorded_crcs(part, shard)
+        if want is None or local >= len(want):
+            return
+        got = crc32c(data)
+        if got != int(want[local]):
+            info = self.row_info(row)
+            files = self._latents if part == "latents" else self._scales
+            assert files is not None
+            raise RowChecksumError(
+                f"row {row} (video {info['video_id']}, view {info['view']}) of shard {shard} "
+                f"fails its crc32c: {'' if part == 'latents' else 'the int8 scales in '}"
+                f"{files.files.paths[shard]} at byte {offset} hash to {got:08x}, the commit "
+                f"record says {int(want[local]):08x}: the shard file was changed or damaged "
+                f"after the build. Run `salt cache verify {self.root}`: it lists every "
+                f"damaged row and how to rebuild the shard")
 
     def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-thread buffers for int8 rows: the scales and the float32 product."""

@@ -125,7 +125,7 @@ class Store:
 
 def open_store(root: Path | str,
                expect: StoreExpectation | Callable[[dict[str, Any]], StoreExpectation] | None
-               = None, *, threads: int = 8) -> Store:
+               = None, *, threads: int = 8, verify_reads: bool = True) -> Store:
     """Open the complete store at ``root`` for reading every row.
 
     Reads cache.json once; checks the latents' metadata, then ``expect`` (or
@@ -136,7 +136,7 @@ def open_store(root: Path | str,
     """
     root = Path(root)
     meta = read_manifest(root)
-    latents = LatentStore(root, manifest=meta)
+    latents = LatentStore(root, manifest=meta, verify_reads=verify_reads)
     if expect is not None:
         check_store(meta, expect(meta) if callable(expect) else expect, root)
     frames = TarFrames.from_manifest(root, meta, threads)

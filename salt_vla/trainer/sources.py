@@ -105,7 +105,8 @@ def check_store_structure(store: Store) -> None:
 def open_cached(cfg: TrainConfig, cache_dir: Path | str) -> DataSources:
     """Frames + latents of the store at ``cache_dir``, after checking it against ``cfg``
     and checking its structure (:func:`check_store_structure`)."""
-    store = open_store(cache_dir, lambda meta: store_expectation(cfg, meta))
+    store = open_store(cache_dir, lambda meta: store_expectation(cfg, meta),
+                       verify_reads=cfg.verify_reads)
     check_store_structure(store)
     spec = view_spec(cfg, store.meta["view"])
     return DataSources(
