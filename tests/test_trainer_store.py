@@ -351,9 +351,11 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "index"])
 def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: Path,
                                                          damage: str) -> None:
+    """Missing, truncated, or a shard index that fails its crc32c (one byte of the 16 B-a-row
+    index at the file's end): refused at start, no data read."""
     import shutil
 
     from salt_vla.trainer.sources import StoreStructureError
@@ -364,6 +366,8 @@ def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: 
     if damage == "truncate":
         with open(shard, "r+b") as f:
             f.truncate(shard.stat().st_size - 100)
+    elif damage == "index":
+        flip_byte(shard, shard.stat().st_size - 40)
     else:
         shard.unlink()
     out = tmp_path / "run"
@@ -372,7 +376,8 @@ def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: 
               RunSpec(out=out, cache=copy), echo=lambda s: None)
     msg = str(e.value)
     assert str(shard) in msg and f"salt cache verify {copy}" in msg
-    assert ("truncated" in msg) if damage == "truncate" else ("missing" in msg)
+    assert {"truncate": "truncated", "delete": "missing", "index": "fails its crc32c"}[damage] \
+        in msg, msg
     assert not out.exists()  # refused before anything was written, let alone step 1
     result = CliRunner().invoke(app, train_args(copy, out, SMALL + ["max_steps=4"]))
     assert result.exit_code == 1 and str(shard) in result.output
