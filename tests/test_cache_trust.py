@@ -1,4 +1,5 @@
-"""A store checked on read (issue 16, store side): each row's crc32c as the reader copies it."""
+"""A store checked on read (issue 16, store side): each row's crc32c as the reader copies
+it, each frames sample's .json against the row table."""
 
 from __future__ import annotations
 
@@ -59,3 +60,33 @@ def test_a_flipped_latent_byte_fails_its_read_naming_row_and_shard(store: Path) 
         reader.get_async([row]).result()
     unchecked = LatentStore(store, verify_reads=False).get([row])  # the flag turns it off
     assert unchecked.shape == (1, 64, 192)
+
+
+def _edit_video_id_in_tar(store: Path, row: int) -> str:
+    """Another video id, of the same length, in ``row``'s .json inside its tar (sizes, member
+    tables and every structure check still agree); returns the id written."""
+    meta = _meta(store)
+    tar = store / meta["shards"][row // 4]["frames"]["path"]
+    raw = tar.read_bytes()
+    vid = meta["rows"]["video_id"][row]
+    key = f'"video_id": "{vid}"'.encode()
+    other = vid[:-1] + ("9" if vid[-1] != "9" else "8")
+    tar.write_bytes(raw.replace(key, f'"video_id": "{other}"'.encode(), 1))
+    return other
+
+
+def test_a_frames_sample_of_another_row_fails_its_read(store: Path) -> None:
+    row = _good_rows(_meta(store), 1)[0]
+    other = _edit_video_id_in_tar(store, row)
+    opened = open_store(store)
+    for r in opened.rows.tolist():
+        if r != row:
+            assert len(opened.frames.jpegs(r)) == 8
+    from salt_vla.cache.frames_reader import FramesRowError
+
+    with pytest.raises(FramesRowError) as e:
+        opened.frames.frames(row)
+    msg = str(e.value)
+    assert f"row {row} " in msg and f"video_id {other!r}" in msg and "shard-000001.tar" in msg
+    assert f"salt cache verify {store}" in msg, msg
+    assert verify_store(store, quick=True).ok  # structure intact: only the read can tell

@@ -408,6 +408,28 @@ def test_a_flipped_latent_byte_stops_training_at_its_row(store: Path, tmp_path: 
     assert res.step == 16
 
 
+def test_a_frames_sample_of_another_row_stops_training(store: Path, tmp_path: Path) -> None:
+    """Row 3's sample in the tar names another video (same length, so sizes, member tables
+    and the structure check agree): the read's .json check stops the run, naming the row."""
+    import shutil
+
+    from salt_vla.cache.frames_reader import FramesRowError
+
+    copy = tmp_path / "cache"
+    shutil.copytree(store, copy)
+    meta = LatentStore(copy).meta
+    vid = meta["rows"]["video_id"][3]
+    tar = copy / meta["shards"][0]["frames"]["path"]
+    raw = tar.read_bytes()
+    key = f'"video_id": "{vid}"'.encode()
+    assert raw.count(key) == 1
+    tar.write_bytes(raw.replace(key, key[:-2] + (b"x" if key[-2:-1] != b"x" else b"y") + b'"'))
+    with pytest.raises(FramesRowError) as e:
+        train(resolve("tiny", SMALL + ["max_steps=8", "batch_size=4", "num_workers=0"]),
+              RunSpec(out=tmp_path / "run", cache=copy), echo=lambda s: None)
+    assert "row 3 " in str(e.value) and str(tar) in str(e.value), str(e.value)
+
+
 def test_cli_exits_143_after_a_sigterm_checkpoint(store: Path, tmp_path: Path) -> None:
     """A scheduler (or `salt train && salt export`) tells a preempted run from a finished one."""
     import threading

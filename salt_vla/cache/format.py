@@ -144,6 +144,29 @@ def frame_key(row: int) -> str:
     return f"{row:09d}"
 
 
+def row_record(rows: dict[str, Any], row: int) -> dict[str, Any]:
+    """What row ``row``'s ``<key>.json`` in its frames tar holds: ``{"row", "video_id",
+    "view", "label"}`` from the row table (``cache.json["rows"]``). The writer writes it, the
+    frames reader and ``salt cache verify`` compare the tar's copy with it."""
+    return {"row": row, "video_id": rows["video_id"][row], "view": rows["view_index"][row],
+            "label": rows["label"][row]}
+
+
+def row_record_mismatch(rows: dict[str, Any], row: int, data: bytes) -> str | None:
+    """How the ``<key>.json`` bytes ``data`` read for ``row`` differ from the row table, or
+    None when they agree (e.g. ``"label 3, the row table says 1"``)."""
+    want = row_record(rows, row)
+    try:
+        got = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return f"an unreadable .json ({bytes(data[:40])!r})"
+    if not isinstance(got, dict):
+        return f"a .json that is not an object ({type(got).__name__})"
+    diff = [f"{k} {got.get(k)!r}, the row table says {v!r}" for k, v in want.items()
+            if got.get(k) != v]
+    return "; ".join(diff) or None
+
+
 def num_shards(rows: int, shard_size: int) -> int:
     return (rows + shard_size - 1) // shard_size
 

@@ -6,8 +6,9 @@ holds since format version 2 (the same offsets, recorded by the writer, so nothi
 scanned):
 
 - :class:`TarFrames`: random access by row, for training (a global shuffle each epoch, and
-  exact resume by position). A row's frames are adjacent in its tar, so they are read with
-  one ``pread`` of exactly their span (the headers between them included) and decoded with
+  exact resume by position). A row's .json and frames are adjacent in its tar, so they are
+  read with one ``pread`` of exactly their span (the headers between them included); the
+  .json is checked against the row table, and the frames are decoded with
   the cache's own ``decode_jpeg``, so the student sees exactly the pixels the teacher saw. At
   most ``open_files`` tars are open at once (an LRU, ``reads.OpenFiles``).
 - :func:`iter_tar_files` / :func:`iter_frames_shard`: a whole shard in file order
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from salt_vla.cache.format import MANIFEST, SHARD_COMMITTED, frame_key
+from salt_vla.cache.format import MANIFEST, SHARD_COMMITTED, frame_key, row_record_mismatch
 from salt_vla.cache.frames import decode_jpeg
 from salt_vla.cache.reads import OpenFiles, ReadStats, pread_exact
 from salt_vla.errors import SaltError
@@ -50,9 +51,10 @@ _SKIP_TYPES = (b"5",)  # directories: no data
 Member = tuple[bytes, int, int]
 # (row_start, members) of one shard, as its commit record holds it (see _recorded_members).
 MemberTable = tuple[int, Sequence[Sequence[int] | None]]
-# (rows, frame numbers, data offsets, data sizes) of the frame members of one or more tars;
-# int64 / int32 / int64 / int64, one entry per frame member.
+# (rows, frame numbers, data offsets, data sizes) of the members of one or more tars;
+# int64 / int32 / int64 / int64, one entry per member, a row's .json as frame JSON_MEMBER.
 _Index = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+JSON_MEMBER = -1  # sorts before frame 0: a row's members are .json, then frames in order
 
 
 def _scan_ustar(path: Path) -> list[Member]:
@@ -121,7 +123,8 @@ def split_member_name(name: bytes) -> tuple[bytes, bytes]:
 
 
 def _scanned_index(path: Path) -> _Index:
-    """The frame members of one tar, from its headers."""
+    """The members of one tar (each row's .json as frame ``JSON_MEMBER``), from its
+    headers."""
     rows: list[int] = []
     frame_no: list[int] = []
     offsets: list[int] = []
@@ -129,10 +132,14 @@ def _scanned_index(path: Path) -> _Index:
     try:
         for name, data_off, n in scan_members(path):
             key, ext = split_member_name(name)
-            if not ext.endswith(b".jpg"):
+            if ext == b"json":
+                frame = JSON_MEMBER
+            elif ext.endswith(b".jpg"):
+                frame = int(ext[: -len(b".jpg")])
+            else:
                 continue
             rows.append(int(key))
-            frame_no.append(int(ext[: -len(b".jpg")]))
+            frame_no.append(frame)
             offsets.append(data_off)
             sizes.append(n)
     except FramesIndexError as e:
@@ -207,15 +214,24 @@ def row_members(row: int, entry: Sequence[int]) -> list[Member]:
 
 
 def _recorded_index(tables: Sequence[MemberTable]) -> tuple[np.ndarray, _Index]:
-    """The frame members of several tars from their member tables: the table ``j`` of each,
-    and the index."""
+    """The members of several tars from their member tables: the table ``j`` of each, and
+    the index (member 0, the row's <key>.json, as frame ``JSON_MEMBER``)."""
     tab, rows, k, data, n = _recorded_members(tables)
-    frame = k >= 1  # member 0 is the row's <key>.json
-    return tab[frame], (rows[frame], (k[frame] - 1).astype(np.int32), data[frame], n[frame])
+    return tab, (rows, (k - 1).astype(np.int32), data, n)
+
+
+class FramesRowError(FramesIndexError):
+    """A row's sample in a frames tar is another row's, by its .json: its label, video id,
+    view or row number disagree with the row table (rows swapped, or a tar replaced)."""
 
 
 class TarFrames:
     """``frames(row) -> uint8 [T, H, W, 3]`` over a list of frames tars.
+
+    ``row_table`` (``cache.json["rows"]``), when given, is checked on every read: the row's
+    ``<key>.json`` (read in the same ``pread`` as its frames: its header and ~120 bytes more)
+    must hold the row's video id, view and label, else :class:`FramesRowError` (a student
+    would otherwise learn to predict one clip's latents from another's pixels).
 
     ``recorded[i]``, when given and not None, is shard ``i``'s member table
     ``(row_start, members)`` from its commit record (see :func:`_recorded_index`): that tar is
@@ -229,8 +245,11 @@ class TarFrames:
 
     def __init__(self, shards: Sequence[Path | str],
                  recorded: Sequence[MemberTable | None] | None = None, threads: int = 8,
-                 open_files: int | None = None) -> None:
+                 open_files: int | None = None, row_table: dict[str, Any] | None = None,
+                 root: Path | str | None = None) -> None:
         self.shards = list(shards)  # Paths or strings, as given (os.open takes either)
+        self.row_table = row_table
+        self.root = root  # the store, for messages
         tables = list(recorded) if recorded is not None else [None] * len(self.shards)
         if len(tables) != len(self.shards):
             raise ValueError(f"{len(tables)} member tables for {len(self.shards)} shards")
@@ -258,6 +277,7 @@ class TarFrames:
         rows = rows[order]
         self.rows, self._start, counts = np.unique(rows, return_index=True, return_counts=True)
         self._count = counts.astype(np.int32)
+        self._json = frame_no[order][self._start] == JSON_MEMBER  # per row: has a .json
         self._span = _row_spans(self._shard, self._offset, self._size, self._start,
                                 self._count)
         self.stats = ReadStats()
@@ -292,7 +312,7 @@ class TarFrames:
             (s["row_start"], s["frames"]["members"]) if "members" in s["frames"] else None
             for s in shards]
         try:
-            frames = cls(paths, tables, threads)
+            frames = cls(paths, tables, threads, row_table=meta.get("rows"), root=root)
         except FramesIndexError:  # a scan's own error (version-1 shards)
             raise
         except (TypeError, ValueError, IndexError) as e:  # a table not shaped as documented
@@ -314,7 +334,25 @@ class TarFrames:
         return self._files.open_count
 
     def jpegs(self, row: int) -> list[bytes]:
-        """The JPEG bytes of ``row``'s frames, in frame order."""
+        """The JPEG bytes of ``row``'s frames, in frame order (its .json checked against the
+        row table, when the reader has one)."""
+        members = self._members(row)
+        i = int(np.searchsorted(self.rows, row))
+        if not self._json[i]:
+            return members
+        if self.row_table is not None:
+            wrong = row_record_mismatch(self.row_table, row, members[0])
+            if wrong is not None:
+                shard = self.shards[int(self._shard[int(self._start[i])])]
+                store = f" {self.root}" if self.root is not None else ""
+                raise FramesRowError(
+                    f"frames tar {shard}: the sample of row {row} is not that row's: its .json "
+                    f"has {wrong} (rows swapped or the tar replaced after the build); run "
+                    f"`salt cache verify{store}`")
+        return members[1:]
+
+    def _members(self, row: int) -> list[bytes]:
+        """The data of every member of ``row`` (its .json first, when it has one)."""
         i = int(np.searchsorted(self.rows, row))
         if i >= len(self.rows) or self.rows[i] != row:
             raise FramesIndexError(f"row {row} is not in the frames tars ({len(self)} rows)")

@@ -51,6 +51,7 @@ from salt_vla.cache.format import (
     latent_shard_relpath,
     read_json,
     read_manifest,
+    row_record,
     scale_shard_relpath,
     zarr_array_metadata,
     zarr_scale_metadata,
@@ -300,9 +301,7 @@ class LatentStore:
         return np.asarray(self.meta["rows"]["label"], dtype=np.int64)
 
     def row_info(self, row: int) -> dict[str, Any]:
-        r = self.meta["rows"]
-        return {"row": row, "video_id": r["video_id"][row], "view": r["view_index"][row],
-                "label": r["label"][row]}
+        return row_record(self.meta["rows"], row)
 
     @property
     def grid(self) -> tuple[int, int, int]:

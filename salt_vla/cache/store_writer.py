@@ -69,6 +69,7 @@ from salt_vla.cache.format import (
     render_entry,
     render_entry_list,
     render_field,
+    row_record,
     scale_shard_relpath,
     shard_rows,
     write_json_atomic,
@@ -373,9 +374,7 @@ class ShardTransaction:
         self._next = self.rows.start
 
     def _row_meta(self, row: int) -> dict[str, Any]:
-        r = self.manifest["rows"]
-        return {"row": row, "video_id": r["video_id"][row], "view": r["view_index"][row],
-                "label": r["label"][row]}
+        return row_record(self.manifest["rows"], row)
 
     def _advance(self, row: int) -> None:
         if row < self._next or row not in self.rows:
