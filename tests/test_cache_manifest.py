@@ -130,15 +130,67 @@ def test_final_write_is_the_full_merge_and_a_resumed_writer_reads_each_record_on
 
 
 def test_verify_and_info_on_an_interrupted_build(building: tuple[Path, dict]) -> None:
+    """Killed after shard 2's commit but before cache.json was rewritten: the record is the
+    truth for both, and the counts are what was written (not the store's planned rows)."""
     root, manifest = building
     writer = ManifestWriter(root, manifest)
-    for s in (0, 2):
+    for s in (0, 1):  # shard 1 holds row 4, a failed video
         writer.add(s, commit(root, manifest, s))
     writer.write()
+    commit(root, manifest, 2)  # committed, but cache.json not rewritten since (SIGKILL)
+    stale = json.loads(StorePaths(root).manifest.read_text())
+    assert sum(s["status"] == "committed" for s in stale["shards"]) == 2
     report = verify_store(root, quick=True)
     # Only the build's state is reported: the interim entries match their records.
     assert all("not complete" in p or "is not committed" in p for p in report.problems), \
         report.problems
     assert not any("differs from commit record" in p for p in report.problems)
+    assert sum("is not committed" in p for p in report.problems) == SHARDS - 3
+    detail = {c.name: c.detail for c in report.checks}
+    assert detail["shards committed"] == f"{SHARDS - 3} problem(s); 3/{SHARDS}", detail
     info = store_info(root)
-    assert info["status"] == "building" and info["shards"] == f"2/{SHARDS} committed"
+    assert info["status"] == "building" and info["shards"] == f"3/{SHARDS} committed"
+    assert info["written_rows"] == 8 and info["failed_rows"] == 1  # 9 rows, row 4 failed
+    assert detail["latent shards"].startswith("8 rows present, 1 failed"), detail
+    assert detail["frame shards"].startswith("8 samples"), detail
+    full = verify_store(root)  # the data of the three committed shards checks out
+    assert all("not complete" in p or "is not committed" in p for p in full.problems), \
+        full.problems
+
+
+def test_disk_full_at_the_commit_record_leaves_the_shard_uncommitted_and_removed(
+        building: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while writing commits/shard-i.json (after its files were renamed into place):
+    the shard is not committed, none of its files stay to hold the space, and a re-run once
+    there is space commits it."""
+    import errno
+
+    from salt_vla.cache.store_writer import CacheBuildError, read_commit
+
+    root, manifest = building
+    commit(root, manifest, 0)
+    paths = StorePaths(root)
+    real = store_writer.write_json_atomic
+
+    def disk_full(path: Path, obj: object) -> None:
+        if path == paths.commit_record(1):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(store_writer, "write_json_atomic", disk_full)
+    with pytest.raises(CacheBuildError) as e:
+        commit(root, manifest, 1)
+    assert "shard-000001.json" in str(e.value) and "space" in str(e.value).lower(), str(e.value)
+    assert read_commit(root, 1, manifest) is None
+    left = [p for p in (paths.latent_shard(1), paths.frames_shard(1), paths.commit_record(1))
+            if p.exists()]
+    assert not left, f"files of the uncommitted shard left behind: {left}"
+    assert not [p for p in paths.tmp.iterdir() if "000001" in p.name]
+    assert paths.latent_shard(0).exists() and read_commit(root, 0, manifest) is not None
+    monkeypatch.setattr(store_writer, "write_json_atomic", real)  # space again
+    commit(root, manifest, 1)
+    writer = ManifestWriter(root, manifest)
+    writer.write()
+    assert store_info(root)["shards"] == f"2/{SHARDS} committed"
+    assert any(c.name == "shards committed" and c.detail.endswith(f"; 2/{SHARDS}")
+               for c in verify_store(root, quick=True).checks)

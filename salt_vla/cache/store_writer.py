@@ -419,6 +419,21 @@ class ShardTransaction:
         if self._scale is not None and self._f_scale is not None:
             scale_size, scale_sha = _finish(self._scale, self._f_scale, self._tmp_scale)
         _crash_point("after-tmp", i)
+        rec_path = self.paths.commit_record(i)
+        try:
+            return self._rename_and_record(lat_size, lat_sha, tar_size, tar_sha, scale_size,
+                                           scale_sha)
+        except (OSError, CacheBuildError):
+            # E.g. the disk filled up at the commit record: the shard is not committed, so
+            # its renamed files are garbage that would hold the space a re-run needs.
+            if not rec_path.exists():
+                self._remove_files()
+            raise
+
+    def _rename_and_record(self, lat_size: int, lat_sha: str, tar_size: int, tar_sha: str,
+                           scale_size: int, scale_sha: str) -> dict[str, Any]:
+        """Steps 2-3 of the commit protocol."""
+        i = self.index
         lat_final = self.paths.latent_shard(i)
         tar_final = self.paths.frames_shard(i)
         scale_final = self.paths.scale_shard(i)
@@ -457,6 +472,16 @@ class ShardTransaction:
         _writable("writing", rec_path, write_json_atomic, rec_path, record)
         _crash_point("after-record", i)
         return record
+
+    def _remove_files(self) -> None:
+        """Every file of this uncommitted shard, temporary or renamed already."""
+        i = self.index
+        for p in (self._tmp_lat, self._tmp_tar, self._tmp_scale, self.paths.latent_shard(i),
+                  self.paths.frames_shard(i), self.paths.scale_shard(i)):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass  # the next build's prepare_store clears what is left
 
     def abort(self) -> None:
         """Drop the shard's temporary files (the shard stays uncommitted)."""

@@ -44,7 +44,8 @@ from salt_vla.cache.format import (
     read_manifest,
 )
 from salt_vla.cache.frames_reader import group_sample, iter_tar_files
-from salt_vla.cache.store_writer import failure_lines
+from salt_vla.cache.quantize import ERROR_BOUND, QMAX
+from salt_vla.cache.store_writer import failure_lines, merged_manifest
 from salt_vla.cache.structure import check_shards, rows_text, zarr_metadata_problems
 from salt_vla.cache.verify_data import (
     VerifyProgress,
@@ -79,8 +80,10 @@ class VerifyReport:
         return not self.problems
 
     def add(self, name: str, problems: list[str], detail: str) -> None:
-        self.checks.append(Check(name, not problems, detail if not problems else
-                                 f"{len(problems)} problem(s)"))
+        # A failed check keeps its counts (an interrupted store: "3/9" shards committed).
+        if problems:
+            detail = f"{len(problems)} problem(s)" + (f"; {detail}" if detail else "")
+        self.checks.append(Check(name, not problems, detail))
         self.problems.extend(problems)
 
     def table(self) -> str:
@@ -116,7 +119,7 @@ def verify_store(
     *,
     quick: bool = False,
     sample: float | None = None,
-    recompute: int = 0,
+    recompute: int | str = 0,
     teacher_ckpt: Path | str | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -125,7 +128,9 @@ def verify_store(
 ) -> VerifyReport:
     """Check the store at ``root``: the structure (``quick``), plus a random fraction
     ``sample`` of the rows, or (neither) every byte; see the module docstring.
-    ``progress`` is called with a :class:`VerifyProgress` during the data pass."""
+    ``recompute``: re-run the teacher on about that many rows, at least one per committed
+    shard (``"all"``: every row). ``progress`` is called with a :class:`VerifyProgress`
+    during the data pass."""
     if sample is not None and not 0.0 < sample <= 1.0:
         raise ValueError(f"sample={sample}: a fraction in (0, 1]")
     root = Path(root)
@@ -138,8 +143,15 @@ def verify_store(
         report.add("manifest", [str(e)], "")
         return report
     try:
+        if meta.get("status") != STATUS_COMPLETE:
+            # An unfinished build's cache.json lags its commit records (rewritten every few
+            # seconds, and not after a SIGKILL): the records are the truth, as for `salt
+            # cache info`, so both count the same shards and rows.
+            meta = merged_manifest(root, meta)
+            report.notes.append("an unfinished build: shards and rows counted from the commit "
+                                "records (as `salt cache info` does)")
         _verify(report, root, meta, mode, sample, seed, threads, progress)
-        if recompute > 0:
+        if recompute == "all" or (isinstance(recompute, int) and recompute > 0):
             _recompute(report, root, meta, recompute, teacher_ckpt, device, seed)
     except (KeyError, TypeError, IndexError, ValueError) as e:
         # A manifest edited into another shape: say so instead of a traceback.
@@ -238,13 +250,15 @@ def _verify(report: VerifyReport, root: Path, meta: dict, mode: str, sample: flo
         with ThreadPoolExecutor(max_workers=workers) as ex:
             report.bytes_read = sum(ex.map(data_pass, committed))
     failed = sum(len(s["failures"]) for s in committed)
+    # Rows of the committed shards only: an interrupted build has written no others.
+    present = sum(s["row_stop"] - s["row_start"] for s in committed) - failed
     report.add("shards committed", pending + [p for c in checks for p in c.commit],
                f"{len(committed)}/{len(shards)}")
     what = {"quick": "index, sizes",
             "sample": f"index, sizes; {sampled} sampled rows: crc32c, finite",
             "full": "index, sizes, sha256, row crc32c, finite"}[mode]
     report.add("latent shards", [p for c in checks for p in c.latents],
-               f"{n - failed} rows present, {failed} failed ({what})")
+               f"{present} rows present, {failed} failed ({what})")
     if quantized:
         report.add("latent scales", [p for c in checks for p in c.scale],
                    f"int8 per-token float16 scales ({what})")
@@ -252,7 +266,7 @@ def _verify(report: VerifyReport, root: Path, meta: dict, mode: str, sample: flo
              "sample": f"sizes, member tables; {sampled} sampled rows: headers, .json, JPEGs",
              "full": "sizes, member tables, every header, sha256"}[mode]
     report.add("frame shards", [p for c in checks for p in c.frames],
-               f"{n - failed} samples ({fwhat})")
+               f"{present} samples ({fwhat})")
 
     # --- failures.jsonl -------------------------------------------------------------------
     probs = []
@@ -268,7 +282,7 @@ def _verify(report: VerifyReport, root: Path, meta: dict, mode: str, sample: flo
 
     if mode == "sample":
         report.notes.append(
-            f"sampled {sampled} of {n - failed} rows ({100 * sampled / max(1, n - failed):.2g}"
+            f"sampled {sampled} of {present} rows ({100 * sampled / max(1, present):.2g}"
             f"%, every shard): a passing sample is not a proof; rows not drawn were not read "
             "and file sha256 sums were not computed (run without --sample for that)")
     if mode == "quick" and any("members" not in s["frames"] for s in committed):
@@ -283,12 +297,25 @@ def _verify(report: VerifyReport, root: Path, meta: dict, mode: str, sample: flo
 # --- recompute -----------------------------------------------------------------------------
 
 
-def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
+def recompute_rows(meta: dict, k: int | str, seed: int) -> list[int]:
+    """The rows ``--recompute k`` checks: ``"all"`` rows with latents, else about ``k`` drawn
+    with ``seed``, at least one in every committed shard (a swap of rows inside one shard is
+    then caught in every shard it happens in, not in k of the shards by luck)."""
+    committed = [s for s in meta["shards"] if s.get("status") == SHARD_COMMITTED]
+    total = sum(s["row_stop"] - s["row_start"] - len(s["failures"]) for s in committed)
+    fraction = 1.0 if k == "all" or total == 0 else min(1.0, int(k) / total)
+    return sorted(r for rows in pick_rows(committed, fraction, seed).values() for r in rows)
+
+
+def _recompute(report: VerifyReport, root: Path, meta: dict, k: int | str,
                teacher_ckpt: Path | str | None, device: str, seed: int) -> None:
-    """Re-run the teacher on ``k`` random rows' stored frames and compare with their latents."""
+    """Re-run the teacher on rows' stored frames (:func:`recompute_rows`) and compare with
+    their latents."""
     from salt_vla.cache.latent_store import LatentStore
 
-    name = f"recompute {k} rows"
+    pick = recompute_rows(meta, k, seed)
+    shards = len({r // meta["latents"]["shard_size"] for r in pick})
+    name = f"recompute {'all' if k == 'all' else k} rows"
     source = str(teacher_ckpt) if teacher_ckpt is not None else meta.get("teacher_source", "")
     t = meta["teacher"]
     if not source.startswith("random:") and not Path(source).is_file():
@@ -312,13 +339,10 @@ def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
         report.add(name, [f"cannot recompute: {source} has sha256 {teacher.sha256[:16]}..., "
                           f"the cache was built from {str(t['sha256'])[:16]}..."], "")
         return
-    store = LatentStore(root, allow_incomplete=True)
-    valid = store.valid_rows
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(valid, size=min(k, valid.size), replace=False))
-    frames = _frames_of_rows(root, meta, pick.tolist())
-    got_rows = [r for r in pick.tolist() if r in frames]
-    lost = sorted(set(pick.tolist()) - set(got_rows))
+    store = LatentStore(root, allow_incomplete=True, verify_reads=False)  # verified above
+    frames = _frames_of_rows(root, meta, pick)
+    got_rows = [r for r in pick if r in frames]
+    lost = sorted(set(pick) - set(got_rows))
     probs = [f"recompute: no stored frames found for rows {rows_text(lost)}"] if lost else []
     fn = make_teacher_fn(teacher, device, meta["latents"]["dtype"])
     bf16 = meta["teacher"].get("compute", {}).get("precision") == "bf16-autocast" or (
@@ -329,7 +353,13 @@ def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
         ref = store.get([r])[0].astype(np.float32)
         new = fn(frames[r][None])[0].astype(np.float32)
         scale = float(np.sqrt(np.mean(ref**2))) or 1.0
-        if bf16:
+        if store.quantized:
+            # int8: the documented bound, per token, relative to its max |x| (quantize.py),
+            # plus fp32-vs-fp32 summation noise (bf16 on CUDA: its RMS noise instead).
+            amax = np.abs(new).max(axis=-1, keepdims=True) + 1e-12
+            err = float(np.max(np.abs(new - ref) / amax))
+            tol = ERROR_BOUND / QMAX + (3e-2 if bf16 else 2e-3)
+        elif bf16:
             # bf16 autocast differs run to run at ~1e-2 relative: compare in RMS.
             err = float(np.sqrt(np.mean((new - ref) ** 2))) / scale
             tol = 3e-2
@@ -343,8 +373,9 @@ def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
     if bad:
         probs.append(f"recomputed latents differ from the stored ones beyond tolerance "
                      f"(worst relative error {worst:.3g}) in rows {rows_text(bad)}")
-    report.add(name, probs, f"{len(got_rows)} rows, worst relative error {worst:.2g}"
-               f"{' (bf16 RMS)' if bf16 else ''}")
+    report.add(name, probs, f"{len(got_rows)} rows in {shards} shards, worst relative error "
+               f"{worst:.2g}{' (bf16 RMS)' if bf16 and not store.quantized else ''}"
+               f"{' (int8: of the token max)' if store.quantized else ''}")
 
 
 def _frames_of_rows(root: Path, meta: dict, rows: list[int]) -> dict[int, np.ndarray]:

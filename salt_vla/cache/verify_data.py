@@ -7,7 +7,6 @@ rows, every shard touched. Both add their problems to the shard's
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salt_vla.cache.format import DTYPES, QUANTIZED_DTYPES, frame_key
+from salt_vla.cache.format import DTYPES, QUANTIZED_DTYPES, frame_key, row_record_mismatch
 from salt_vla.cache.frames import decode_jpeg
 from salt_vla.cache.frames_reader import (
     FramesIndexError,
@@ -200,12 +199,13 @@ def _scan_tar(root: Path, meta: dict, shard: dict, prog: VerifyProgress
     where = f"shard {shard['index']} frames {path}"
     table = shard["frames"].get("members")
     if table is None:
-        problems = _scanned_samples_problems(meta, shard, where)
+        problems, scanned = _scanned_samples_problems(meta, shard, where)
         expected: list[Member] = []
     else:
         problems = []
-        expected = table_members(shard["row_start"], table)
+        expected = scanned = table_members(shard["row_start"], table)
     headers = {off - BLOCK: (name, n) for name, off, n in expected}
+    jsons = RowJsons(scanned)
     sha = hashlib.sha256()
     size = shard["frames"]["bytes"]
     bad: list[str] = []
@@ -224,10 +224,12 @@ def _scan_tar(root: Path, meta: dict, shard: dict, prog: VerifyProgress
             sha.update(view)
             if headers:
                 bad += _check_headers(fd, view, pos, headers)
+            jsons.take(view, pos)
             pos += n
             prog.add(n)
     finally:
         os.close(fd)
+    problems += json_problems(where, meta["rows"], jsons.found)
     if bad:
         fix = (f"delete commits/shard-{shard['index']:06d}.json and re-run `salt cache build` "
                "with the same options to rewrite the shard")
@@ -238,6 +240,44 @@ def _scan_tar(root: Path, meta: dict, shard: dict, prog: VerifyProgress
         problems.append(f"checksum mismatch: {where} sha256 {sha.hexdigest()[:16]}..., "
                         f"cache.json records {shard['frames']['sha256'][:16]}...")
     return pos, problems
+
+
+class RowJsons:
+    """Collects each row's ``<key>.json`` data from a tar streamed chunk by chunk (``take``
+    each chunk in file order): ``found[row] = bytes``. ``members``: the tar's members as
+    ``(name, data offset, size)``, from the member table or a header scan."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.pending = sorted((off, n, int(split_member_name(name)[0]))
+                              for name, off, n in members
+                              if split_member_name(name)[1] == b"json")
+        self.found: dict[int, bytearray] = {}
+        self._next = 0
+
+    def take(self, view: memoryview, pos: int) -> None:
+        end = pos + len(view)
+        while self._next < len(self.pending):
+            off, n, row = self.pending[self._next]
+            if off >= end:
+                return
+            got = self.found.setdefault(row, bytearray())
+            got += view[max(off, pos) - pos:min(off + n, end) - pos]
+            if off + n > end:
+                return  # continues in the next chunk
+            self._next += 1
+
+
+def json_problems(where: str, rows: dict, found: dict[int, bytes | bytearray]) -> list[str]:
+    """The rows whose .json in the tar disagrees with cache.json's row table (label, video
+    id, view, row), the first with its difference."""
+    wrong = {r: why for r in sorted(found)
+             if (why := row_record_mismatch(rows, r, bytes(found[r]))) is not None}
+    if not wrong:
+        return []
+    first = next(iter(wrong))
+    return [f"{where}: the .json of rows {rows_text(list(wrong))} does not match cache.json's "
+            f"row table (row {first}: {wrong[first]}): rows swapped, the tar replaced or the "
+            "row table edited; training on it would pair clips with other clips' labels"]
 
 
 def _check_headers(fd: int, view: memoryview, pos: int,
@@ -270,14 +310,16 @@ def _header_matches(hdr: bytes, name: bytes, size: int) -> bool:
     return got_name == name and got_size == size and hdr[156:157] in (b"0", b"\0")
 
 
-def _scanned_samples_problems(meta: dict, shard: dict, where: str) -> list[str]:
+def _scanned_samples_problems(meta: dict, shard: dict, where: str
+                              ) -> tuple[list[str], list[Member]]:
     """Version-1 shards (no member table): the samples found by a header scan must be the
-    shard's rows minus failures, each with a .json and ``num_frames`` frames."""
+    shard's rows minus failures, each with a .json and ``num_frames`` frames. Returns the
+    problems and the scanned members."""
     path = Path(where.split(" frames ", 1)[1])
     try:
         scanned = scan_members(path)
     except FramesIndexError as e:
-        return [f"truncated or unreadable frames tar, {where}: {e}"]
+        return [f"truncated or unreadable frames tar, {where}: {e}"], []
     members: dict[str, list[str]] = {}
     for name, _, _ in scanned:
         key, ext = (p.decode("utf-8", "surrogateescape") for p in split_member_name(name))
@@ -294,7 +336,7 @@ def _scanned_samples_problems(meta: dict, shard: dict, where: str) -> list[str]:
     if bad:
         problems.append(f"{where}: samples without {num_frames} frames and a .json: "
                         f"{rows_text([int(k) for k in bad])}")
-    return problems
+    return problems, scanned
 
 
 # --- the sampled pass ----------------------------------------------------------------------
@@ -374,11 +416,12 @@ def _sample_frames(root: Path, meta: dict, shard: dict, rows: list[int], check: 
     if check.frames:
         return 0, []  # the structure is wrong already: offsets cannot be trusted
     if table is None:  # version 1: the header scan tells where the rows are
-        return 0, _scanned_samples_problems(meta, shard, where)
+        return 0, _scanned_samples_problems(meta, shard, where)[0]
     fr = meta["frames"]
     r_table = meta["rows"]
     start = shard["row_start"]
-    bad_headers, bad_json, bad_jpeg = [], [], []
+    bad_headers, bad_jpeg = [], []
+    found: dict[int, bytes] = {}
     nbytes = 0
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -398,15 +441,7 @@ def _sample_frames(root: Path, meta: dict, shard: dict, rows: list[int], check: 
                 bad_headers.append(r)
                 continue
             _, json_off, json_n = members[0]
-            try:
-                info = json.loads(bytes(buf[json_off - first:json_off - first + json_n]))
-                ok = (info.get("row") == r and info.get("video_id") == r_table["video_id"][r]
-                      and info.get("view") == r_table["view_index"][r]
-                      and info.get("label") == r_table["label"][r])
-            except (ValueError, UnicodeDecodeError):
-                ok = False
-            if not ok:
-                bad_json.append(r)
+            found[r] = bytes(buf[json_off - first:json_off - first + json_n])
             try:
                 for _, off, n in members[1:]:
                     px = decode_jpeg(bytes(buf[off - first:off - first + n]))
@@ -421,9 +456,7 @@ def _sample_frames(root: Path, meta: dict, shard: dict, rows: list[int], check: 
         problems.append(f"{where}: member table in cache.json disagrees with the tar headers "
                         f"for rows {rows_text(bad_headers)}: the tar or the record changed "
                         f"after the build")
-    if bad_json:
-        problems.append(f"{where}: the .json of rows {rows_text(bad_json)} does not match "
-                        "cache.json's row table")
+    problems += json_problems(where, r_table, found)
     if bad_jpeg:
         problems.append(f"{where}: undecodable or wrongly sized JPEG frames in rows "
                         f"{rows_text(bad_jpeg)}")

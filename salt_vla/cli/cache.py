@@ -229,12 +229,14 @@ def cache_verify(
     ),
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split of the default cache."),
-    recompute: int = typer.Option(
-        0,
+    recompute: str = typer.Option(
+        "0",
         "--recompute",
-        help="Also re-run the teacher on K random rows' stored frames and compare with their "
-        "latents (needs a random: teacher or its checkpoint at the recorded path or "
-        "--teacher).",
+        metavar="K|all",
+        help="Also re-run the teacher on about K random rows' stored frames, at least one in "
+        "every shard (so more than K when the store has more shards), or on every row with "
+        "'all', and compare with their latents (needs a random: teacher or its checkpoint at "
+        "the recorded path or --teacher).",
     ),
     teacher: str | None = typer.Option(
         None,
@@ -277,9 +279,12 @@ def cache_verify(
         raise typer.BadParameter("--quick reads no rows; give --quick or --sample, not both")
     if sample is not None and sample <= 0:
         raise typer.BadParameter("--sample FRACTION must be > 0")
+    if recompute != "all" and not (recompute.isdigit()):
+        raise typer.BadParameter(f"--recompute {recompute!r}: a number of rows K >= 0, or all")
     root = cache_dir_arg(directory, data, split)
     source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
-    report = verify_store(root, quick=quick, sample=sample, recompute=recompute,
+    report = verify_store(root, quick=quick, sample=sample,
+                          recompute=recompute if recompute == "all" else int(recompute),
                           teacher_ckpt=source, device=device, seed=seed, threads=threads,
                           progress=print_progress())
     say(report.table())
