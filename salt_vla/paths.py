@@ -59,3 +59,15 @@ def resolve_cache_dir(
     root = resolve_data_root(data_root)
     source = f"<data root from {root.source}>/salt-cache/{split}"
     return Resolved(root.path / "salt-cache" / split, source)
+
+
+def resolve_build_dirs(data_root: Path | None, data: Path | None, out: Path | None,
+                       split: str) -> tuple[Resolved, Resolved]:
+    """`salt cache build`'s data root (its DATA_ROOT argument, else as :func:`resolve_data_root`)
+    and cache directory (--out, else as :func:`resolve_cache_dir` under that root)."""
+    root = resolve_data_root(data_root if data_root is not None else data)
+    if data_root is not None:
+        root = Resolved(root.path, "DATA_ROOT")
+    if out is not None:
+        return root, Resolved(out, "--out")
+    return root, resolve_cache_dir(None, root.path, split)

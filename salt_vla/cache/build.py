@@ -494,6 +494,11 @@ class BuildPlan:
             + "; a short sample includes the decoders' start-up, so it errs long",
         ]
 
+    def dry_run_lines(self) -> list[str]:
+        """What `--dry-run` prints: the plan, the destination check's warnings (it raises
+        when it refuses) and that nothing was written."""
+        return [*self.lines(), *self.check(), "dry run: nothing written"]
+
     def check(self) -> list[str]:
         """Raise CacheBuildError when the destination is not writable or has less free space
         than the latents need (exact); returns warning lines (frames may not fit: they are

@@ -8,6 +8,7 @@ import typer
 
 from salt_vla.cli.common import (
     cache_dir_arg,
+    command_line,
     deprecated_option,
     fail,
     group,
@@ -16,8 +17,11 @@ from salt_vla.cli.common import (
     show_resolved,
 )
 from salt_vla.cli.options import (
+    CacheDirArg,
+    CacheSplitOpt,
     DataOpt,
     TeacherArchOpt,
+    TeacherCkptOpt,
     TeacherOpt,
     ViewCropScaleOpt,
     ViewFrameStepOpt,
@@ -58,10 +62,7 @@ def cache_build(
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split to cache: train, validation, test."),
     teacher: str | None = TeacherOpt,
-    teacher_ckpt: str | None = typer.Option(
-        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
-        show_default=False,
-    ),
+    teacher_ckpt: str | None = TeacherCkptOpt,
     teacher_arch: str | None = TeacherArchOpt,
     layer: int = typer.Option(
         -1, "--layer", help="Block whose tokens are the targets (negative counts from the end)."
@@ -148,12 +149,10 @@ def cache_build(
         "than the latents need, or the write check fails."),
 ) -> None:
     """Build the latent cache of one split (see the command's help)."""
-    import sys
-
     from salt_vla.cache.build import BuildConfig, build_cache, plan_build
     from salt_vla.cache.pipeline import PipelineConfig, default_decoders
     from salt_vla.cache.teacher_choice import choose_teacher
-    from salt_vla.paths import Resolved, resolve_cache_dir, resolve_data_root
+    from salt_vla.paths import resolve_build_dirs
 
     echo, main = main_rank_echo()
     source = deprecated_option("--teacher-ckpt", teacher_ckpt, "--teacher", teacher)
@@ -165,15 +164,10 @@ def cache_build(
         num_frames=num_frames, size=size, sampling=sampling, frame_step=frame_step,
         resize=resize, temporal_jitter=temporal_jitter, crop_scale=crop_scale, hflip=hflip,
         seed=view_seed, n_views=views)
-    root = resolve_data_root(data_root if data_root is not None else data)
-    if data_root is not None:
-        root = Resolved(root.path, "DATA_ROOT")
-    out_dir = Resolved(out, "--out") if out is not None else resolve_cache_dir(None, root.path,
-                                                                              split)
+    root, out_dir = resolve_build_dirs(data_root, data, out, split)
     if main:
         show_resolved("data root", root)
         show_resolved("cache", out_dir)
-    n_workers = workers if workers is not None else default_decoders()
     for note in choice.notes:
         echo(note)
     cfg = BuildConfig(
@@ -181,16 +175,13 @@ def cache_build(
         teacher_arch=choice.arch, layer=layer, target_norm=target_norm, dtype=dtype,
         shard_size=shard_size, limit=limit, allow_missing=allow_missing, device=device,
         video_backend=video_backend,
-        pipeline=PipelineConfig(batch_size=batch_size, workers=n_workers,
-                                decode_timeout=decode_timeout),
-        command=("salt", *sys.argv[1:]), show_progress=progress, tubelet=choice.tubelet,
+        pipeline=PipelineConfig(batch_size=batch_size, decode_timeout=decode_timeout,
+                                workers=workers if workers is not None else default_decoders()),
+        command=command_line(), show_progress=progress, tubelet=choice.tubelet,
         patch=choice.patch, force=force, estimate=estimate,
     )
     if dry_run:
-        plan = plan_build(cfg)
-        for line in plan.lines():
-            echo(line)
-        for line in [*plan.check(), "dry run: nothing written"]:  # check() may refuse
+        for line in plan_build(cfg).dry_run_lines():  # refuses a destination that cannot work
             echo(line)
         return
     try:
@@ -221,14 +212,9 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     "unreadable. Exit 2: bad options.",
 )
 def cache_verify(
-    directory: Path | None = typer.Argument(
-        None,
-        metavar="DIR",
-        help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
-        show_default=False,
-    ),
+    directory: Path | None = CacheDirArg,
     data: Path | None = DataOpt,
-    split: str = typer.Option("train", "--split", help="Split of the default cache."),
+    split: str = CacheSplitOpt,
     recompute: str = typer.Option(
         "0",
         "--recompute",
@@ -246,10 +232,7 @@ def cache_verify(
         "must match the recorded one).",
         show_default=False,
     ),
-    teacher_ckpt: str | None = typer.Option(
-        None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
-        show_default=False,
-    ),
+    teacher_ckpt: str | None = TeacherCkptOpt,
     quick: bool = typer.Option(
         False,
         "--quick",
@@ -305,14 +288,9 @@ def cache_verify(
     "fraction, build status.",
 )
 def cache_info(
-    directory: Path | None = typer.Argument(
-        None,
-        metavar="DIR",
-        help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
-        show_default=False,
-    ),
+    directory: Path | None = CacheDirArg,
     data: Path | None = DataOpt,
-    split: str = typer.Option("train", "--split", help="Split of the default cache."),
+    split: str = CacheSplitOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     import json

@@ -12,6 +12,7 @@ module, and each command imports the library it needs inside its body.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,8 @@ def cache_dir_arg(directory: Path | None, data: Path | None, split: str) -> Path
     resolved = resolve_cache_dir(None, data, split)
     show_resolved("cache", resolved)
     return resolved.path
+
+
+def command_line() -> tuple[str, ...]:
+    """This process's command line as the user typed it (recorded in config.json / cache.json)."""
+    return ("salt", *sys.argv[1:])

@@ -189,3 +189,14 @@ KeysOpt = typer.Option(
     help="List every key instead: its type, default (NAME's value when given) and "
     "description.",
 )
+
+# `salt cache verify` / `info`: a store by its directory or as the default cache of a split.
+CacheDirArg = typer.Argument(
+    None, metavar="DIR", show_default=False,
+    help="Cache directory. Default: $SALT_CACHE, else <data root>/salt-cache/<split>.",
+)
+CacheSplitOpt = typer.Option("train", "--split", help="Split of the default cache.")
+TeacherCkptOpt = typer.Option(  # kept so old scripts run; deprecated_option() warns
+    None, "--teacher-ckpt", hidden=True, help="Deprecated spelling of --teacher.",
+    show_default=False,
+)

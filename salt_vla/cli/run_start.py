@@ -6,7 +6,6 @@ argument, resolve the W&B mode and settle the config the same way, here, once.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +60,3 @@ def run_start(
     resume_value = ("yes" if resume_from is None else resume_from) if resume else None
     settled = settle(stage, exp, config, sets, out, resume_value)
     return RunStart(echo, main_rank, out, resume_value, mode), settled
-
-
-def command_line() -> tuple[str, ...]:
-    """This process's command line as the user typed it (config.json's ``argv``)."""
-    return ("salt", *sys.argv[1:])

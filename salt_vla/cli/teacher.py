@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from salt_vla.cli.common import group, say, show_resolved
+from salt_vla.cli.common import command_line, group, say, show_resolved
 from salt_vla.cli.options import (
     ConfigOpt,
     DataOpt,
@@ -17,7 +17,7 @@ from salt_vla.cli.options import (
     TeacherSetOpt,
     WandbOpt,
 )
-from salt_vla.cli.run_start import EXIT_CODES_HELP, command_line, run_start
+from salt_vla.cli.run_start import EXIT_CODES_HELP, run_start
 
 app = group(
     "SALT stage 1: train the teacher itself by VideoMAE-style pixel reconstruction "

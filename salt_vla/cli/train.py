@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from salt_vla.cli.common import group, say, show_resolved
+from salt_vla.cli.common import command_line, group, say, show_resolved
 from salt_vla.cli.options import (
     CacheOpt,
     ConfigOpt,
@@ -25,7 +25,7 @@ from salt_vla.cli.options import (
     TeacherOpt,
     WandbOpt,
 )
-from salt_vla.cli.run_start import EXIT_CODES_HELP, command_line, run_start
+from salt_vla.cli.run_start import EXIT_CODES_HELP, run_start
 
 exp_app = group("List and inspect the experiment presets `salt train --exp NAME` runs.")
 TRAIN_HELP = (
