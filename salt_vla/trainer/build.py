@@ -90,10 +90,25 @@ def build_model(cfg: TrainConfig, num_frames: int, img_size: int) -> SaltModel:
 
 
 def mask_config(cfg: TrainConfig) -> MaskConfig:
-    """Masks of the config: ``ratio`` (the seed's single group), V-JEPA ``multiblock``, ..."""
+    """Masks of the config: ``ratio`` (the seed's single group), V-JEPA ``multiblock``, ...
+
+    Also used for stage-1 configs (``TeacherTrainConfig`` has the same mask keys).
+    ``mask_temporal_scale`` sets the time extent of the multiblock groups' blocks (V-JEPA's
+    (1, 1): every block spans the clip); ``mask_temporal_group`` appends a temporal-split
+    group (``salt_vla/masking/temporal.py``).
+    """
+    from dataclasses import replace
+
+    from salt_vla.masking.config import VJEPA_GROUPS
+
+    scale = tuple(getattr(cfg, "mask_temporal_scale", (1.0, 1.0)))
     try:
+        groups = VJEPA_GROUPS if scale == (1.0, 1.0) else tuple(
+            replace(g, temporal_scale=scale) for g in VJEPA_GROUPS)
         return MaskConfig(
-            strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate
+            strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate,
+            groups=groups, temporal_group=bool(getattr(cfg, "mask_temporal_group", False)),
+            temporal_direction=getattr(cfg, "mask_temporal_direction", "both"),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e

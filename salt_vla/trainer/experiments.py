@@ -19,8 +19,9 @@ from typing import Any
 CHOICES: dict[str, tuple[str, ...]] = {
     "student": ("tiny", "small", "base", "large"),
     "targets": ("cached", "online"),
-    "mask_strategy": ("ratio", "multiblock", "tube", "random"),
+    "mask_strategy": ("ratio", "multiblock", "tube", "random", "temporal"),
     "mask_truncate": ("tail", "random"),
+    "mask_temporal_direction": ("both", "forward"),
     "loss": ("mse", "l1"),
     "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -72,6 +73,11 @@ class TrainConfig:
     mask_strategy: str = "multiblock"
     mask_ratio: float = 0.9
     mask_truncate: str = "tail"
+    # temporal-split masks (salt_vla/masking/temporal.py): an extra group predicting later
+    # time steps from earlier ones; multiblock blocks' time extent (V-JEPA: all of it)
+    mask_temporal_group: bool = False
+    mask_temporal_direction: str = "both"
+    mask_temporal_scale: tuple[float, float] = (1.0, 1.0)
     # --- objective and optimisation
     loss: str = "mse"
     batch_size: int = 32

@@ -29,8 +29,9 @@ from salt_vla.trainer.experiments import (
 # String-valued keys that only take a few values (checked by `validate_teacher`).
 TEACHER_CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHS),
-    "mask_strategy": ("ratio", "multiblock", "tube", "random"),
+    "mask_strategy": ("ratio", "multiblock", "tube", "random", "temporal"),
     "mask_truncate": ("tail", "random"),
+    "mask_temporal_direction": ("both", "forward"),
     "loss": ("mse", "l1"),
     "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -61,6 +62,11 @@ class TeacherTrainConfig:
     mask_strategy: str = "ratio"
     mask_ratio: float = 0.9
     mask_truncate: str = "tail"
+    # temporal-split masks (salt_vla/masking/temporal.py): an extra group predicting later
+    # time steps from earlier ones; multiblock blocks' time extent (V-JEPA: all of it)
+    mask_temporal_group: bool = False
+    mask_temporal_direction: str = "both"
+    mask_temporal_scale: tuple[float, float] = (1.0, 1.0)
     # --- objective and optimisation
     loss: str = "mse"  # on the masked tubelets' pixels; "l1" selectable
     norm_pix: bool = True  # per-patch, per-channel normalised pixel targets (VideoMAE)
