@@ -58,6 +58,13 @@ class DemoConfig:
     preset); ``"random"`` uses the seeded random ``random:vit_tiny:SEED`` instead (no stage
     1; the baseline the stage-1 teacher should beat). ``train_sets`` override the ``tiny``
     preset. ``workers``: decoding processes for synthesis, the cache build and features.
+
+    ``probe_positions``: the probe's ``positions`` modes to run for every encoder (``none``
+    is V-JEPA's position-free protocol; ``fixed``/``learned`` add the grid's position table,
+    see :mod:`salt_vla.eval.probe`); each encoder's features are computed once and shared.
+    ``pretrain_split``: the data split stages 1 and 2 train on (``train``: the probe's own
+    labeled clips; ``test``: the synthetic set's unlabeled split, so the self-supervised
+    stages can see more clips than the probe has labels).
     """
 
     seed: int = 0
@@ -69,17 +76,30 @@ class DemoConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     workers: int = 2
     bar_points: float = 15.0
+    probe_positions: tuple[str, ...] = ("none",)
+    pretrain_split: str = "train"
 
     def __post_init__(self) -> None:
+        from salt_vla.eval.probe import PROBE_POSITIONS
+
         if self.teacher not in ("stage1", "random"):
             raise DemoError(f"teacher={self.teacher!r}: choose 'stage1' or 'random'")
         object.__setattr__(self, "teacher_sets", tuple(self.teacher_sets))
         object.__setattr__(self, "train_sets", tuple(self.train_sets))
+        object.__setattr__(self, "probe_positions", tuple(self.probe_positions))
+        bad = [p for p in self.probe_positions if p not in PROBE_POSITIONS]
+        if bad or not self.probe_positions or len(set(self.probe_positions)) != len(
+                self.probe_positions):
+            raise DemoError(f"probe_positions={self.probe_positions}: distinct values of "
+                            f"{', '.join(PROBE_POSITIONS)}")
+        if self.pretrain_split not in ("train", "test"):
+            raise DemoError(f"pretrain_split={self.pretrain_split!r}: choose 'train' or 'test'")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["synth"] = self.synth.to_dict()
         d["teacher_sets"], d["train_sets"] = list(self.teacher_sets), list(self.train_sets)
+        d["probe_positions"] = list(self.probe_positions)
         return d
 
 
@@ -177,6 +197,9 @@ def _claim_dir(d: Path, cfg: DemoConfig) -> None:
     path = d / "demo-config.json"
     want = cfg.to_dict()
     have = read_json_object(path)
+    if have is not None:  # keys added since that directory was made mean their defaults
+        defaults = DemoConfig().to_dict()
+        have = {**{k: defaults[k] for k in set(want) - set(have) if k in defaults}, **have}
     # How many processes decode changes the speed, never the results.
     keys = sorted(k for k in set(want) | set(have or {})
                   if k not in RUNTIME_KEYS and want.get(k) != (have or {}).get(k))
@@ -241,7 +264,8 @@ def _stage_teacher(d: Path, data: Path, cfg: DemoConfig, echo: Callable[[str], N
         echo(f"  {TEACHER_EXP}: {tcfg.arch}, {tcfg.mask_strategy} masks, "
              f"{tcfg.epochs if not tcfg.max_steps else str(tcfg.max_steps) + ' steps'}"
              f"{' epochs' if not tcfg.max_steps else ''}, run dir {run_dir}")
-        res = train_teacher(tcfg, RunSpec(out=run_dir, data=data, split="train", resume="auto"),
+        res = train_teacher(tcfg, RunSpec(out=run_dir, data=data, split=cfg.pretrain_split,
+                                          resume="auto"),
                             echo=lambda s: echo("  " + s))
     except (ConfigError, CheckpointError, NonFiniteLoss, ValueError) as e:
         raise DemoError(f"stage-1 teacher training in {run_dir} failed: {e}") from e
@@ -261,11 +285,12 @@ def _stage_cache(d: Path, data: Path, source: str, cfg: DemoConfig,
 
     out = d / "cache"
     build = BuildConfig(
-        data_root=data, out=out, teacher=source, view=view_preset(VIEW), split="train",
+        data_root=data, out=out, teacher=source, view=view_preset(VIEW),
+        split=cfg.pretrain_split,
         teacher_arch=TEACHER_ARCH, pipeline=PipelineConfig(batch_size=32, workers=cfg.workers),
         command=("salt", "demo", "(cache stage)"),
     )
-    echo(f"  teacher {source}, view {VIEW}, train split -> {out}")
+    echo(f"  teacher {source}, view {VIEW}, {cfg.pretrain_split} split -> {out}")
     try:
         res = build_cache(build, log=lambda s: echo("  " + s))
     except CacheBuildError as e:
@@ -344,9 +369,23 @@ def _encoders(cfg: DemoConfig, run_dir: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+def probe_file(d: Path, key: str, positions: str) -> Path:
+    """``probe-KEY.json`` for the position-free probe (what the report reads), else
+    ``probe-KEY-POSITIONS.json``."""
+    return d / (f"probe-{key}.json" if positions == "none" else f"probe-{key}-{positions}.json")
+
+
+def result_key(key: str, positions: str) -> str:
+    """``SeedRun.top1`` key: the encoder key, plus ``@POSITIONS`` for position-aware probes."""
+    return key if positions == "none" else f"{key}@{positions}"
+
+
 def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoConfig,
-               echo: Callable[[str], None]) -> tuple[float, bool]:
-    """Probe one encoder (or reuse its result); returns (top-1, reused)."""
+               echo: Callable[[str], None]) -> dict[str, tuple[float, bool]]:
+    """Probe one encoder under every ``cfg.probe_positions`` (or reuse the results), with
+    its features computed once; returns ``{positions: (top-1, reused)}``."""
+    from dataclasses import replace
+
     from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.data.view import view_preset
     from salt_vla.eval.encoders import EncoderError, pick_device, resolve_encoder
@@ -358,11 +397,20 @@ def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoCon
         enc = resolve_encoder(name, view, pick_device(), TEACHER_ARCH)
     except EncoderError as e:
         raise DemoError(f"probe of {name}: {e}") from e
-    path = d / f"probe-{key}.json"
-    old = read_json_object(path)
-    if old and old.get("encoder_key") == enc.key() and old.get("probe") == asdict(cfg.probe):
-        echo(f"  {key}: reused {path} (top-1 {100 * old['top1']:.1f}%)")
-        return float(old["top1"]), True
+    out: dict[str, tuple[float, bool]] = {}
+    todo = []
+    for positions in cfg.probe_positions:
+        pcfg = replace(cfg.probe, positions=positions)
+        path = probe_file(d, key, positions)
+        old = read_json_object(path)
+        if old and old.get("encoder_key") == enc.key() and old.get("probe") == asdict(pcfg):
+            echo(f"  {result_key(key, positions)}: reused {path} (top-1 "
+                 f"{100 * old['top1']:.1f}%)")
+            out[positions] = (float(old["top1"]), True)
+        else:
+            todo.append((positions, pcfg, path))
+    if not todo:
+        return out
     sets = {}
     for split in ("train", "validation"):
         try:
@@ -374,29 +422,34 @@ def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoCon
     tr, va = sets["train"], sets["validation"]
     echo(f"  {key}: {what} ({name}): features {tuple(tr.features.shape)} train, "
          f"{len(va)} val clips ({'reused' if tr.reused else f'{tr.seconds + va.seconds:.1f} s'})")
-    res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes,
-                      cfg.probe, enc.device)
-    final = res.history[-1] if res.history else {}
-    echo(f"  {key}: top-1 {100 * res.top1:.1f}% on {res.val_clips} validation clips (probe "
-         f"train top-1 {100 * final.get('train_top1', float('nan')):.1f}%, {res.seconds:.1f} s)")
-    write_json_atomic(path, {
-        "encoder": {"name": name, **enc.describe}, "encoder_key": enc.key(), "what": what,
-        "probe": asdict(cfg.probe), "final_train_top1": final.get("train_top1"),
-        "classes": tr.classes, "data": str(data),
-        **res.to_dict(),
-    })
-    return res.top1, False
+    for positions, pcfg, path in todo:
+        res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes,
+                          pcfg, enc.device, grid=enc.grid)
+        final = res.history[-1] if res.history else {}
+        echo(f"  {result_key(key, positions)}: top-1 {100 * res.top1:.1f}% on {res.val_clips} "
+             f"validation clips (probe train top-1 "
+             f"{100 * final.get('train_top1', float('nan')):.1f}%, {res.seconds:.1f} s)")
+        write_json_atomic(path, {
+            "encoder": {"name": name, **enc.describe}, "encoder_key": enc.key(), "what": what,
+            "probe": asdict(pcfg), "final_train_top1": final.get("train_top1"),
+            "classes": tr.classes, "data": str(data),
+            **res.to_dict(),
+        })
+        out[positions] = (res.top1, False)
+    return out
 
 
 def _stage_probe(d: Path, data: Path, run_dir: Path, cfg: DemoConfig,
                  echo: Callable[[str], None], rec: StageTime) -> dict[str, float]:
     p = cfg.probe
-    echo(f"  {p.kind} probe, {p.epochs} epochs, lr {p.lr}, batch {p.batch_size}; train split "
-         "-> validation split; the same recipe for all three encoders")
+    echo(f"  {p.kind} probe, {p.epochs} epochs, lr {p.lr}, batch {p.batch_size}, positions "
+         f"{'/'.join(cfg.probe_positions)}; train split -> validation split; the same recipe "
+         "for all three encoders")
     top1, reused = {}, []
     for key, (name, what) in _encoders(cfg, run_dir).items():
-        top1[key], r = _probe_one(d, data, key, name, what, cfg, echo)
-        reused.append(r)
+        for positions, (acc, r) in _probe_one(d, data, key, name, what, cfg, echo).items():
+            top1[result_key(key, positions)] = acc
+            reused.append(r)
     rec.reused = all(reused)
     rec.detail = ", ".join(f"{k} {100 * v:.1f}%" for k, v in top1.items())
     return top1

@@ -276,3 +276,14 @@ def test_cli_probe_runs_on_a_tiny_dataset(tiny_ssv2: Path, tmp_path: Path) -> No
     bad = CliRunner().invoke(app, ["eval", "probe", "--encoder", "random:tiny", "--data",
                                    str(tiny_ssv2)])
     assert bad.exit_code == 1 and "--view-preset" in bad.output
+
+
+def test_val_every_only_changes_what_the_history_records() -> None:
+    tx, ty = _separable(32, 0)
+    vx, vy = _separable(16, 1)
+    every = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=4, batch_size=8))
+    sparse = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=4, batch_size=8, val_every=0))
+    assert sparse.top1 == every.top1 and sparse.top5 == every.top5
+    assert all("val_top1" in r for r in every.history)
+    assert not any("val_top1" in r for r in sparse.history)
+    assert [r["loss"] for r in sparse.history] == [r["loss"] for r in every.history]

@@ -61,6 +61,7 @@ def student_config(cfg: TrainConfig, num_frames: int, img_size: int) -> StudentC
         embed_dim=cfg.student_dim,
         depth=cfg.student_depth,
         heads=cfg.student_heads,
+        pos_gain=cfg.student_pos_gain,
     )
 
 

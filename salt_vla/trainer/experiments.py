@@ -54,6 +54,7 @@ class TrainConfig:
     student_dim: int | None = None  # None: the size preset's width
     student_depth: int | None = None
     student_heads: int | None = None
+    student_pos_gain: bool = False  # learned scalar gain on the student's position table
     predictor_width: int = 384
     predictor_depth: int = 12
     predictor_heads: int = 12
