@@ -28,7 +28,13 @@ from salt_vla.models.student import (
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Predictor architecture: ``in_dim`` = student width, ``out_dim`` = teacher width."""
+    """Predictor architecture: ``in_dim`` = student width, ``out_dim`` = teacher width.
+
+    ``ctx_pos``: add the position table to the context tokens (V-JEPA's predictor does).
+    Off, the predictor knows where its targets are but learns where the context tokens are
+    only from what the student writes into them, so the student must keep position (and
+    with it, order in time) in its output tokens instead of dropping it (issue 13, (f)).
+    """
 
     in_dim: int
     out_dim: int
@@ -43,6 +49,7 @@ class PredictorConfig:
     tubelet: int = 2
     patch: int = 16
     grad_checkpointing: bool = False
+    ctx_pos: bool = True
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -114,7 +121,8 @@ class Predictor(nn.Module):
         n_ctx = ctx_tokens.shape[1]
         x = self.embed(ctx_tokens)
         # No casts: under autocast the fp32 table keeps the residual stream in fp32.
-        x = x + self.pos_embed[ctx_idx]
+        if self.cfg.ctx_pos:
+            x = x + self.pos_embed[ctx_idx]
         m = self.mask_token + self.pos_embed[tgt_idx]
         z = run_blocks(
             self.blocks,

@@ -72,6 +72,7 @@ def predictor_config(cfg: TrainConfig, student: StudentConfig) -> PredictorConfi
         width=cfg.predictor_width,
         depth=cfg.predictor_depth,
         heads=cfg.predictor_heads,
+        ctx_pos=cfg.predictor_ctx_pos,
         drop_path=cfg.drop_path,
         grad_checkpointing=cfg.grad_checkpointing,
     )

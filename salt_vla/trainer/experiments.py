@@ -58,6 +58,7 @@ class TrainConfig:
     predictor_width: int = 384
     predictor_depth: int = 12
     predictor_heads: int = 12
+    predictor_ctx_pos: bool = True  # off: the student's tokens must say where they are
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     # --- view and targets (checked against the store before the first step)
