@@ -108,6 +108,30 @@ def _regimes() -> dict[str, Regime]:
                                   teacher_sets=T_TEACHER, train_sets=T_STUDENT,
                                   probe={"val_every": 0})),
     ]
+
+    def t_variant(name: str, what: str, teacher: tuple[str, ...] = (),
+                  student: tuple[str, ...] = (), base_teacher: tuple[str, ...] | None = None,
+                  base_student: tuple[str, ...] | None = None, **kw: Any) -> Regime:
+        """Regime T with stage settings added to (or replacing) T's."""
+        ts = (T_TEACHER if base_teacher is None else base_teacher) + teacher
+        ss = (T_STUDENT if base_student is None else base_student) + student
+        args = dict(synth=NUISANCE, val=300, unlabeled=1200, probe={"val_every": 0})
+        args.update(kw)
+        return Regime(name, what, lambda s: demo_cfg(s, teacher_sets=ts, train_sets=ss,
+                                                     **args))
+
+    r += [
+        t_variant("T-noctx", "T + (f) predictor without context positions (the student's "
+                  "tokens must say where they are)", student=("predictor_ctx_pos=false",)),
+        t_variant("T-c", "T + stage-2 targets centred per clip (the clip code removed: the "
+                  "loss asks only where things are at each time step)",
+                  student=("target_center=clip",)),
+        t_variant("T-plain2", "T's teacher; stage 2 = the tiny preset at 2,000 steps (ratio "
+                  "masks only, tail truncation, no position gain)",
+                  base_student=("max_steps=2000",)),
+        t_variant("T-mb1", "T with a stage 1 of multiblock masks only (no temporal group)",
+                  base_teacher=("max_steps=300", "mask_truncate=random")),
+    ]
     return {x.name: x for x in r}
 
 
@@ -252,6 +276,12 @@ def _git_commit() -> str:
         return ""
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _cpu_seconds() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -275,6 +305,7 @@ def run_one(out: Path, regime: Regime, seed: int, echo: Callable[[str], None] = 
         "student_final_loss": _final_loss(d / "run"),
         "target_variance": _clip_mean_share(d / "cache"),
         "config": cfg.to_dict(), "commit": _git_commit(), "when": time.strftime("%F %T"),
+        "torch_threads": _threads(),
     }
     with open(out / RESULTS, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -339,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     run_p.add_argument("--out", type=Path, required=True)
     run_p.add_argument("--regime", action="append", required=True, choices=sorted(REGIMES))
     run_p.add_argument("--seed", type=int, action="append", default=None)
+    run_p.add_argument("--threads", type=int, default=0,
+                       help="torch intra-op threads (0: torch's default). On a shared machine "
+                            "1 thread can be many times faster than 2 that wait on each other")
     tab_p = sub.add_parser("table", help="markdown table of the results so far")
     tab_p.add_argument("--out", type=Path, required=True)
     tab_p.add_argument("--regime", action="append", default=None)
@@ -352,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table(args.out, args.regime))
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     for name in args.regime:
         for seed in args.seed or [0]:
             rec = run_one(args.out, REGIMES[name], seed)

@@ -88,7 +88,8 @@ def build_model(cfg: TrainConfig, num_frames: int, img_size: int) -> SaltModel:
         p_cfg = predictor_config(cfg, s_cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    return SaltModel(Student(s_cfg), Predictor(p_cfg), loss=cfg.loss)
+    return SaltModel(Student(s_cfg), Predictor(p_cfg), loss=cfg.loss,
+                     target_center=cfg.target_center)
 
 
 def mask_config(cfg: TrainConfig) -> MaskConfig:

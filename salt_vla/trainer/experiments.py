@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_truncate": ("tail", "random"),
     "mask_temporal_direction": ("both", "forward"),
     "loss": ("mse", "l1"),
+    "target_center": ("none", "clip"),
     "precision": ("auto", "fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -71,6 +72,7 @@ class TrainConfig:
     teacher_ckpt: str = ""  # online targets: checkpoint path or random:ARCH:SEED
     teacher_layer: int = -1
     target_norm: bool = True
+    target_center: str = "none"  # "clip": remove each clip's mean target token (objective.py)
     # --- masks
     mask_strategy: str = "multiblock"
     mask_ratio: float = 0.9
