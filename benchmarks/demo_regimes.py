@@ -126,6 +126,9 @@ def _regimes() -> dict[str, Regime]:
         t_variant("T-c", "T + stage-2 targets centred per clip (the clip code removed: the "
                   "loss asks only where things are at each time step)",
                   student=("target_center=clip",)),
+        t_variant("T-k1", "T with the stage-2 temporal group predicting the other 3 time "
+                  "steps from ONE tubelet (first or last): motion only inside its tokens",
+                  student=("mask_temporal_max_context=1",)),
         t_variant("T-plain2", "T's teacher; stage 2 = the tiny preset at 2,000 steps (ratio "
                   "masks only, tail truncation, no position gain)",
                   base_student=("max_steps=2000",)),

@@ -458,3 +458,16 @@ def test_trainer_keys_build_temporal_masks_and_partial_time_blocks():
         assert gm.blocks and all(b.t == 2 for b in gm.blocks)
     with pytest.raises(ConfigError, match="mask_temporal_direction"):
         resolve("tiny", ["mask_temporal_direction=sideways"])
+
+
+def test_temporal_max_context_bounds_the_context_steps():
+    cfg = _cfg("temporal", temporal_max_context=1)
+    seen = set()
+    for key in range(40):
+        (ctx, tgt), = sample_masks(cfg, TINY, seed=2, epoch=0, index=key)
+        steps = np.unique(ctx // TINY.per_frame)
+        assert len(steps) == 1 and steps[0] in (0, TINY.t - 1)  # one tubelet at either end
+        seen.add(int(steps[0]))
+    assert seen == {0, TINY.t - 1}
+    with pytest.raises(ValueError, match="temporal_max_context"):
+        _cfg("temporal", temporal_max_context=-1)

@@ -99,6 +99,7 @@ class MaskConfig:
     max_tries: int = 1000
     temporal_group: bool = False
     temporal_direction: str = "both"
+    temporal_max_context: int = 0  # most context time steps of a temporal split (0: T-1)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -114,6 +115,8 @@ class MaskConfig:
         if self.temporal_direction not in TEMPORAL_DIRECTIONS:
             raise ValueError(f"temporal_direction={self.temporal_direction!r}: choose one of "
                              f"{TEMPORAL_DIRECTIONS}")
+        if self.temporal_max_context < 0:
+            raise ValueError(f"temporal_max_context={self.temporal_max_context}: must be >= 0")
         if self.strategy == "temporal" and self.temporal_group:
             raise ValueError("strategy='temporal' is already one temporal group: leave "
                              "temporal_group off")

@@ -43,7 +43,7 @@ def _base_sizes(
         return [draw_block_size(grid, cfg.ratio_block, rng)]
     if cfg.strategy == "temporal":
         rng = mask_rng(seed, epoch, batch_key, 0, BATCH_SIZE_DRAW)
-        return [draw_temporal_split(grid, cfg.temporal_direction, rng)]
+        return [draw_temporal_split(grid, cfg.temporal_direction, rng, cfg.temporal_max_context)]
     return [None]
 
 
@@ -56,7 +56,8 @@ def batch_block_sizes(
     if cfg.temporal_group:
         gi = len(sizes)
         rng = mask_rng(seed, epoch, batch_key, gi, BATCH_SIZE_DRAW)
-        sizes.append(draw_temporal_split(grid, cfg.temporal_direction, rng))
+        sizes.append(draw_temporal_split(grid, cfg.temporal_direction, rng,
+                                         cfg.temporal_max_context))
     return sizes
 
 

@@ -40,13 +40,16 @@ class TemporalSplit:
         return f"{'fwd' if self.forward else 'bwd'}{self.context}"
 
 
-def draw_temporal_split(grid: TokenGrid, direction: str, rng: np.random.Generator) -> TemporalSplit:
-    """``k`` in ``[1, T-1]`` then (``direction="both"``) the direction; two draws."""
+def draw_temporal_split(grid: TokenGrid, direction: str, rng: np.random.Generator,
+                        max_context: int = 0) -> TemporalSplit:
+    """``k`` in ``[1, max_context or T-1]`` then (``direction="both"``) the direction; two
+    draws."""
     if grid.t < 2:
         raise ValueError(f"temporal masks need at least 2 time steps, the grid has {grid.t}")
     if direction not in DIRECTIONS:
         raise ValueError(f"temporal direction {direction!r}: choose one of {DIRECTIONS}")
-    k = int(rng.integers(1, grid.t))
+    top = grid.t - 1 if max_context <= 0 else min(max_context, grid.t - 1)
+    k = int(rng.integers(1, top + 1))
     forward = True if direction == "forward" else bool(rng.integers(2))
     return TemporalSplit(k, forward)
 

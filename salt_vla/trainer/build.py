@@ -112,6 +112,7 @@ def mask_config(cfg: TrainConfig) -> MaskConfig:
             strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate,
             groups=groups, temporal_group=bool(getattr(cfg, "mask_temporal_group", False)),
             temporal_direction=getattr(cfg, "mask_temporal_direction", "both"),
+            temporal_max_context=int(getattr(cfg, "mask_temporal_max_context", 0)),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e

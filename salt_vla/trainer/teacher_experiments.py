@@ -66,6 +66,7 @@ class TeacherTrainConfig:
     # time steps from earlier ones; multiblock blocks' time extent (V-JEPA: all of it)
     mask_temporal_group: bool = False
     mask_temporal_direction: str = "both"
+    mask_temporal_max_context: int = 0  # 0: up to T-1 context time steps
     mask_temporal_scale: tuple[float, float] = (1.0, 1.0)
     # --- objective and optimisation
     loss: str = "mse"  # on the masked tubelets' pixels; "l1" selectable
