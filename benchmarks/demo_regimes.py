@@ -338,6 +338,13 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _one_seed_seconds(out: Path, rec: dict[str, Any]) -> float:
+    """One seed's cost from the stage timings as they are on disk now (a stage whose first
+    invocation was interrupted gets its time from that invocation's log, by hand)."""
+    secs = _stage_seconds(out, rec["regime"], rec["seed"], rec.get("linked", {}))
+    return sum(secs.values()) if secs else float(rec["one_seed_seconds"])
+
+
 def table(out: Path, regimes: list[str] | None = None) -> str:
     """Markdown: per regime and probe, per-seed top-1 of random / teacher / SALT, means,
     SALT's margins, one-seed wall time."""
@@ -352,7 +359,7 @@ def table(out: Path, regimes: list[str] | None = None) -> str:
             continue
         positions = [p for p in ("none", "fixed", "learned")
                      if all(result_key("salt", p) in r["top1"] for r in rows)]
-        wall = _fmt([r["one_seed_seconds"] for r in rows])
+        wall = _fmt([_one_seed_seconds(out, r) for r in rows])
         for p in positions:
             vals = {e: [100 * r["top1"][result_key(e, p)] for r in rows] for e in ENCODERS}
             per_seed = {e: " / ".join(f"{v:.1f}" for v in vals[e]) for e in ENCODERS}
