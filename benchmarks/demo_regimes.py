@@ -129,6 +129,9 @@ def _regimes() -> dict[str, Regime]:
         t_variant("T-k1", "T with the stage-2 temporal group predicting the other 3 time "
                   "steps from ONE tubelet (first or last): motion only inside its tokens",
                   student=("mask_temporal_max_context=1",)),
+        t_variant("L", "T on a set with more nuisance a pixel model cannot ignore: also a "
+                  "smooth per-frame light field (std 0.3) and per-frame colour gains (0.15)",
+                  synth={**NUISANCE, "lighting": 0.3, "colour_jitter": 0.15}),
         t_variant("T-plain2", "T's teacher; stage 2 = the tiny preset at 2,000 steps (ratio "
                   "masks only, tail truncation, no position gain)",
                   base_student=("max_steps=2000",)),
