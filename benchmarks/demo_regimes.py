@@ -257,6 +257,79 @@ def _clip_mean_share(cache: Path) -> dict[str, float] | None:
             "clip_x_position": float(((centred - clip - pos) ** 2).mean()) / total}
 
 
+def _val_features(d: Path, key: str) -> tuple[Any, list[str], list[int]] | None:
+    """The cached validation features ``[n, N, D]`` of encoder ``key``'s probe in ``d``."""
+    import numpy as np
+
+    probe = read_json_object(d / f"probe-{key}.json")
+    if not probe or not (d / "features").is_dir():
+        return None
+    want = {k: v for k, v in probe["encoder"].items() if k != "name"}
+    for entry in (d / "features").iterdir():
+        meta = read_json_object(entry / "meta.json")
+        if entry.name.startswith("validation-") and meta and meta.get("encoder") == want:
+            return np.load(entry / "features.npy"), meta["ids"], meta["labels"]
+    return None
+
+
+def readouts(d: Path) -> dict[str, dict[str, float]]:
+    """What the frozen tokens hold, read linearly (ridge, half the validation clips fit, half
+    scored), per encoder: ``object_top`` = share of (clip, time step) whose highest-scoring
+    token holds the moving object's centre (chance ~8%), ``object_auc`` = AUC of
+    object-vs-other tokens, ``time_acc`` = time step of a token read from its content
+    (chance 25%). Tokens are clip-centred first (the clip code says nothing about either)."""
+    import numpy as np
+
+    from salt_vla.data.synth import SynthConfig, _scene
+    from salt_vla.data.view import view_preset
+    from salt_vla.demo import VIEW
+
+    manifest = read_json_object(d / "data" / "synth.json")
+    if not manifest:
+        return {}
+    cfg = SynthConfig.from_dict(manifest["config"])
+    n_view = view_preset(VIEW).num_frames
+    frames = [int((i + 0.5) * cfg.frames / n_view) for i in range(n_view)]  # segment centres
+    out: dict[str, dict[str, float]] = {}
+    for key in ENCODERS:
+        got = _val_features(d, key)
+        if got is None:
+            continue
+        f, ids, labels = got
+        f = f.astype(np.float64)
+        n, tokens, dim = f.shape
+        t_steps, hw = 4, tokens // 4
+        side = int(round(hw ** 0.5))
+        patch = cfg.height // side
+        y = np.zeros((n, tokens))
+        for i, (vid, lab) in enumerate(zip(ids, labels, strict=True)):
+            sp = _scene(cfg, int(vid) - 1, int(lab)).sprites[-1]  # the acting object
+            for t in range(t_steps):
+                for fr in frames[2 * t: 2 * t + 2]:
+                    py = int(np.clip(sp.cy[fr] // patch, 0, side - 1))
+                    px = int(np.clip(sp.cx[fr] // patch, 0, side - 1))
+                    y[i, t * hw + py * side + px] = 1
+        x = f - f.mean(axis=1, keepdims=True)
+        h = n // 2
+        xtr, xte = x[:h].reshape(-1, dim), x[h:].reshape(-1, dim)
+        reg = 1e-2 * len(xtr) * xtr.var() * np.eye(dim)
+        gram = xtr.T @ xtr + reg
+        ytr, yte = y[:h].reshape(-1), y[h:].reshape(-1)
+        score = xte @ np.linalg.solve(gram, xtr.T @ (ytr - ytr.mean()))
+        ranks = np.empty(len(score))
+        ranks[np.argsort(score)] = np.arange(len(score))
+        pos = yte == 1
+        auc = (ranks[pos].mean() - (pos.sum() - 1) / 2) / (~pos).sum()
+        s3, y3 = score.reshape(n - h, t_steps, hw), yte.reshape(n - h, t_steps, hw)
+        top = np.take_along_axis(y3, s3.argmax(-1)[..., None], -1).mean()
+        steps = np.repeat(np.arange(t_steps), hw)
+        w = np.linalg.solve(gram, xtr.T @ np.eye(t_steps)[np.tile(steps, h)])
+        time_acc = ((xte @ w).argmax(1) == np.tile(steps, n - h)).mean()
+        out[key] = {"object_top": float(top), "object_auc": float(auc),
+                    "time_acc": float(time_acc)}
+    return out
+
+
 def _final_loss(run_dir: Path) -> float | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -310,6 +383,7 @@ def run_one(out: Path, regime: Regime, seed: int, echo: Callable[[str], None] = 
         "linked": linked, "teacher_final_loss": _final_loss(d / "teacher"),
         "student_final_loss": _final_loss(d / "run"),
         "target_variance": _clip_mean_share(d / "cache"),
+        "readouts": readouts(d),
         "config": cfg.to_dict(), "commit": _git_commit(), "when": time.strftime("%F %T"),
         "torch_threads": _threads(),
     }
@@ -390,10 +464,22 @@ def main(argv: list[str] | None = None) -> None:
     tab_p.add_argument("--out", type=Path, required=True)
     tab_p.add_argument("--regime", action="append", default=None)
     sub.add_parser("list", help="the regimes and what each tests")
+    diag_p = sub.add_parser("readouts", help="linear read-outs of the frozen tokens of a run")
+    diag_p.add_argument("--out", type=Path, required=True)
+    diag_p.add_argument("--regime", action="append", required=True)
+    diag_p.add_argument("--seed", type=int, action="append", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "list":
         for r in REGIMES.values():
             print(f"{r.name:12s} {r.what}")
+        return
+    if args.cmd == "readouts":
+        for name in args.regime:
+            for seed in args.seed or [0]:
+                for key, r in readouts(seed_dir(args.out / name, seed)).items():
+                    print(f"{name} seed {seed} {key:8s} object top-token "
+                          f"{100 * r['object_top']:.0f}% (AUC {r['object_auc']:.3f}), time "
+                          f"step from content {100 * r['time_acc']:.0f}%")
         return
     if args.cmd == "table":
         print(table(args.out, args.regime))
