@@ -200,6 +200,10 @@ def _claim_dir(d: Path, cfg: DemoConfig) -> None:
     if have is not None:  # keys added since that directory was made mean their defaults
         defaults = DemoConfig().to_dict()
         have = {**{k: defaults[k] for k in set(want) - set(have) if k in defaults}, **have}
+        probe = have.get("probe")
+        if isinstance(probe, dict):  # e.g. ProbeConfig.positions, added later
+            have["probe"] = {**{k: v for k, v in defaults["probe"].items() if k not in probe},
+                             **probe}
     # How many processes decode changes the speed, never the results.
     keys = sorted(k for k in set(want) | set(have or {})
                   if k not in RUNTIME_KEYS and want.get(k) != (have or {}).get(k))

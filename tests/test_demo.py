@@ -113,3 +113,38 @@ def test_bad_seed_and_unwritable_out_are_clear_errors(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["demo", "--quick", "--out", str(blocker)])
     assert bad.exit_code == 1 and "cannot create the demo directory" in bad.output, bad.output
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_directory_made_before_the_new_keys_is_still_reused(
+        quick_demo: tuple[Path, str]) -> None:
+    """demo-config.json written before probe_positions / pretrain_split / ProbeConfig's
+    positions and val_every existed means their defaults: the re-run reuses everything."""
+    out, _ = quick_demo
+    path = out / "seed-3" / "demo-config.json"
+    saved = path.read_text()
+    old = json.loads(saved)
+    for key in ("probe_positions", "pretrain_split"):
+        old.pop(key)
+    for key in ("positions", "val_every"):
+        old["probe"].pop(key)
+    try:
+        path.write_text(json.dumps(old))
+        run = run_seed(out, demo_config(3, quick=True), echo=lambda s: None)
+        assert run.stages["probe"].reused
+    finally:
+        path.write_text(saved)
+
+
+def test_position_aware_probes_share_each_encoders_features(tmp_path: Path) -> None:
+    cfg = replace(demo_config(5, quick=True), probe_positions=("none", "fixed"))
+    run = run_seed(tmp_path, cfg, echo=lambda s: None)
+    assert set(run.top1) == {f"{k}{s}" for k in ENCODERS for s in ("", "@fixed")}
+    d = tmp_path / "seed-5"
+    for key in ENCODERS:
+        fixed = json.loads((d / f"probe-{key}-fixed.json").read_text())
+        assert fixed["probe"]["positions"] == "fixed" and fixed["feature_rms"] > 0
+        assert json.loads((d / f"probe-{key}.json").read_text())["positions"] == "none"
+    # one features entry per encoder and split, not one per probe
+    assert len(list((d / "features").iterdir())) == 2 * len(ENCODERS)
+    with pytest.raises(DemoError, match="probe_positions"):
+        replace(cfg, probe_positions=("none", "none"))
