@@ -7,9 +7,10 @@ DEMO_OUT ?= demo-out
 .PHONY: install demo test lint
 
 # torch/torchvision are pinned by constraints.txt so no resolve can pull another torch.
+# `train` is the training stack (the `salt` command); the bare package is the slim install.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -c constraints.txt -e '.[dev,test]'
+	$(BIN)/pip install -c constraints.txt -e '.[train,dev,test]'
 	touch $@
 
 install: $(VENV)/.installed

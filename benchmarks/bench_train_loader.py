@@ -101,7 +101,7 @@ def main() -> None:
     from salt_vla.trainer.build import view_spec
     from salt_vla.trainer.data import ClipDataset
     from salt_vla.trainer.experiments import resolve
-    from salt_vla.trainer.sources import VideoFrames, open_store
+    from salt_vla.trainer.sources import VideoFrames, open_cached
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
           f"store ready in {time.perf_counter() - t0:.0f} s under {root}")
     store = LatentStore(cache)
     cfg = resolve("exp3", [f"view={args.view}", f"teacher_dim={store.dim}"])
-    src = open_store(cfg, cache)
+    src = open_cached(cfg, cache)
     src_spec = view_spec(cfg)
     videos = VideoFrames(data, "train", src_spec)
     assert len(videos) == len(src.rows), (len(videos), len(src.rows))

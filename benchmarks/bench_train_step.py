@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_vla.runs.rundir import read_metrics
 from salt_vla.trainer.experiments import resolve
 from salt_vla.trainer.loop import RunSpec, train
-from salt_vla.trainer.metrics_log import read_metrics
 from salt_vla.trainer.sources import memory_sources
 
 
@@ -49,8 +49,8 @@ def main() -> None:
     base = [f"batch_size={args.batch}", f"max_steps={n}", "log_every=1", "num_workers=0",
             f"device={args.device}", "ckpt_every=100000", f"warmup_steps={n}"]
     cached = resolve(args.exp, base)
-    teacher_src = f"random:{cached.teacher}:0"
-    online = resolve(args.exp, base + ["targets=online", f"teacher_ckpt={teacher_src}"])
+    teacher_src = f"random:{cached.teacher_arch}:0"
+    online = resolve(args.exp, base + ["targets=online", f"teacher={teacher_src}"])
     from salt_vla.trainer.build import view_spec
 
     spec = view_spec(cached)
@@ -65,7 +65,7 @@ def main() -> None:
     def make_teacher(device: torch.device):  # noqa: ANN202
         from salt_vla.models.teacher import TeacherSpec, load_teacher
 
-        tspec = TeacherSpec(arch=cached.teacher, num_frames=spec.num_frames,
+        tspec = TeacherSpec(arch=cached.teacher_arch, num_frames=spec.num_frames,
                             img_size=spec.size, tubelet=cached.tubelet, patch=cached.patch)
         return load_teacher(teacher_src, tspec, device=device)
 
@@ -74,7 +74,7 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}")
     print(f"# exp {args.exp}: student {cached.student}, predictor {cached.predictor_depth}x"
           f"{cached.predictor_width}, masks {cached.mask_strategy} {cached.mask_ratio}, "
-          f"teacher {cached.teacher} ({tokens} tokens x {cached.teacher_dim}), batch "
+          f"teacher {cached.teacher_arch} ({tokens} tokens x {cached.teacher_dim}), batch "
           f"{args.batch}, {spec.num_frames}x{spec.size}")
     times: dict[str, list[float]] = {"cached": [], "online": []}
     with tempfile.TemporaryDirectory() as tmp:

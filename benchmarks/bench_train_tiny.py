@@ -111,9 +111,9 @@ class Sampler(threading.Thread):
 
 
 def run_once(cache: Path, batch: int, steps: int, workers: int) -> None:
+    from salt_vla.runs.rundir import read_metrics
     from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import RunSpec, train
-    from salt_vla.trainer.metrics_log import read_metrics
 
     cfg = resolve("tiny", [f"batch_size={batch}", f"max_steps={steps}", "log_every=10",
                            f"num_workers={workers}", "ckpt_every=100000"])

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from salt_vla.data.synth import SynthConfig
+from salt_vla.errors import SaltError
 from salt_vla.eval.demo_report import DemoReport, read_json_object, write_demo_report
 from salt_vla.eval.probe import ProbeConfig
-from salt_vla.trainer.heartbeat import write_json_atomic
+from salt_vla.files import write_json_atomic
+from salt_vla.runs.rundir import TEACHER_EXPORT_NAME, checkpoint_path
 
 VIEW = "tiny-8x64"  # the view of the tiny presets: 8 frames x 64 px -> 4 x 4 x 4 tokens
 TEACHER_EXP = "teacher-tiny"
@@ -46,7 +48,7 @@ STAGES = ("data", "teacher", "cache", "verify", "train", "probe", "report")
 RUNTIME_KEYS = frozenset({"workers"})  # DemoConfig keys a re-run may change
 
 
-class DemoError(RuntimeError):
+class DemoError(SaltError, RuntimeError):
     """A demo stage that cannot run or whose output is wrong; the message says the fix."""
 
 
@@ -251,16 +253,15 @@ def _stage_teacher(d: Path, data: Path, cfg: DemoConfig, echo: Callable[[str], N
     if cfg.teacher == "random":
         rec.reused, rec.detail = True, "random teacher: no stage 1"
         return f"random:{TEACHER_ARCH}:{cfg.seed}"
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.checkpoint import CheckpointError
-    from salt_vla.trainer.experiments import ConfigError
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec
     from salt_vla.trainer.teacher_experiments import resolve_teacher
-    from salt_vla.trainer.teacher_export import EXPORT_NAME
     from salt_vla.trainer.teacher_train import train_teacher
 
     run_dir = d / "teacher"
-    weights = run_dir / EXPORT_NAME
-    if weights.is_file() and weights.with_name(EXPORT_NAME + ".json").is_file():
+    weights = run_dir / TEACHER_EXPORT_NAME
+    if weights.is_file() and weights.with_name(TEACHER_EXPORT_NAME + ".json").is_file():
         rec.reused, rec.detail = True, str(weights)
         return str(weights.resolve())
     try:
@@ -307,7 +308,7 @@ def _stage_cache(d: Path, data: Path, source: str, cfg: DemoConfig,
 
 def _stage_verify(cache: Path, echo: Callable[[str], None], rec: StageTime) -> None:
     from salt_vla.cache.verify import verify_store
-    from salt_vla.eval.encoders import pick_device
+    from salt_vla.distributed import pick_device
 
     # --recompute: the teacher re-run on a few stored rows' frames must give their latents.
     report = verify_store(cache, recompute=2, device=str(pick_device()))
@@ -322,13 +323,11 @@ def _stage_verify(cache: Path, echo: Callable[[str], None], rec: StageTime) -> N
 def _stage_train(d: Path, cache: Path, cfg: DemoConfig, echo: Callable[[str], None],
                  rec: StageTime) -> Path:
     from salt_vla.cache.format import CacheFormatError
-    from salt_vla.cache.latent_store import CacheMismatchError, MissingRowError
-    from salt_vla.trainer.checkpoint import (
-        CheckpointError,
-        checkpoint_path,
-        load_checkpoint,
-    )
-    from salt_vla.trainer.experiments import ConfigError, resolve
+    from salt_vla.cache.latent_store import MissingRowError
+    from salt_vla.cache.store import CacheMismatchError
+    from salt_vla.errors import ConfigError
+    from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
+    from salt_vla.trainer.experiments import resolve
     from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
 
     run_dir = d / "run"
@@ -386,60 +385,28 @@ def result_key(key: str, positions: str) -> str:
 
 def _probe_one(d: Path, data: Path, key: str, name: str, what: str, cfg: DemoConfig,
                echo: Callable[[str], None]) -> dict[str, tuple[float, bool]]:
-    """Probe one encoder under every ``cfg.probe_positions`` (or reuse the results), with
-    its features computed once; returns ``{positions: (top-1, reused)}``."""
+    """Probe one encoder under every ``cfg.probe_positions`` through the one probe workflow
+    (or reuse the results); returns ``{positions: (top-1, reused)}``. The features go to the
+    seed's disk cache, so the first probe computes them and the others read them back."""
     from dataclasses import replace
 
-    from salt_vla.data.ssv2 import SSv2Error
     from salt_vla.data.view import view_preset
-    from salt_vla.eval.encoders import EncoderError, pick_device, resolve_encoder
-    from salt_vla.eval.features import FeatureError, compute_features
-    from salt_vla.eval.probe import train_probe
+    from salt_vla.eval.probe_run import ProbeJob, run_probe
 
-    try:
-        view = view_preset(VIEW) if name.startswith("random:") else None
-        enc = resolve_encoder(name, view, pick_device(), TEACHER_ARCH)
-    except EncoderError as e:
-        raise DemoError(f"probe of {name}: {e}") from e
+    echo(f"  {key}: {what} ({name})")
     out: dict[str, tuple[float, bool]] = {}
-    todo = []
     for positions in cfg.probe_positions:
-        pcfg = replace(cfg.probe, positions=positions)
-        path = probe_file(d, key, positions)
-        old = read_json_object(path)
-        if old and old.get("encoder_key") == enc.key() and old.get("probe") == asdict(pcfg):
-            echo(f"  {result_key(key, positions)}: reused {path} (top-1 "
-                 f"{100 * old['top1']:.1f}%)")
-            out[positions] = (float(old["top1"]), True)
-        else:
-            todo.append((positions, pcfg, path))
-    if not todo:
-        return out
-    sets = {}
-    for split in ("train", "validation"):
-        try:
-            fs = compute_features(enc, data, split, batch_size=32, workers=0,
-                                  cache_dir=d / "features")
-        except (SSv2Error, FeatureError) as e:
-            raise DemoError(f"features of {name} on {split}: {e}") from e
-        sets[split] = fs
-    tr, va = sets["train"], sets["validation"]
-    echo(f"  {key}: {what} ({name}): features {tuple(tr.features.shape)} train, "
-         f"{len(va)} val clips ({'reused' if tr.reused else f'{tr.seconds + va.seconds:.1f} s'})")
-    for positions, pcfg, path in todo:
-        res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes,
-                          pcfg, enc.device, grid=enc.grid)
-        final = res.history[-1] if res.history else {}
-        echo(f"  {result_key(key, positions)}: top-1 {100 * res.top1:.1f}% on {res.val_clips} "
-             f"validation clips (probe train top-1 "
-             f"{100 * final.get('train_top1', float('nan')):.1f}%, {res.seconds:.1f} s)")
-        write_json_atomic(path, {
-            "encoder": {"name": name, **enc.describe}, "encoder_key": enc.key(), "what": what,
-            "probe": asdict(pcfg), "final_train_top1": final.get("train_top1"),
-            "classes": tr.classes, "data": str(data),
-            **res.to_dict(),
-        })
-        out[positions] = (res.top1, False)
+        job = ProbeJob(encoder=name, data=data, probe=replace(cfg.probe, positions=positions),
+                       view=view_preset(VIEW) if name.startswith("random:") else None,
+                       teacher_arch=TEACHER_ARCH, feature_cache=d / "features", workers=0,
+                       what=what)
+        res = run_probe(job, probe_file(d, key, positions), echo=lambda s: echo("    " + s),
+                        reuse=True)
+        rec = res.record
+        echo(f"  {result_key(key, positions)}: top-1 {100 * res.top1:.1f}% on "
+             f"{rec['val_clips']} validation clips (probe train top-1 "
+             f"{100 * (rec.get('final_train_top1') or float('nan')):.1f}%)")
+        out[positions] = (res.top1, res.reused)
     return out
 
 

@@ -2,7 +2,9 @@
 
 Data root: ``--data``, else ``$SALT_DATA``, else ``/mnt/ssv2``.
 Cache dir: ``--cache``, else ``$SALT_CACHE``, else ``<data root>/salt-cache/<split>``.
-Each resolver returns the path and where it came from, so commands can print both.
+Each resolver returns the path and where it came from, so commands can print both. Paths
+are absolute (against the current directory), so what a command records — a run's
+config.json, a store's cache.json — names the same files when read from elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from pathlib import Path
 DEFAULT_DATA_ROOT = Path("/mnt/ssv2")
 DATA_ENV = "SALT_DATA"
 CACHE_ENV = "SALT_CACHE"
+
+
+def absolute(path: Path | str) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the current directory (``..``
+    folded; symlinks are kept as typed)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,10 @@ class Resolved:
 def resolve_data_root(data: Path | str | None = None) -> Resolved:
     """Data root from the option, the environment, or the default, in that order."""
     if data is not None and str(data) != "":
-        return Resolved(Path(data).expanduser(), "--data")
+        return Resolved(absolute(data), "--data")
     env = os.environ.get(DATA_ENV)
     if env:
-        return Resolved(Path(env).expanduser(), f"${DATA_ENV}")
+        return Resolved(absolute(env), f"${DATA_ENV}")
     return Resolved(DEFAULT_DATA_ROOT, "default")
 
 
@@ -44,10 +52,10 @@ def resolve_cache_dir(
 ) -> Resolved:
     """Cache directory for ``split`` from the option, the environment, or under the data root."""
     if cache is not None and str(cache) != "":
-        return Resolved(Path(cache).expanduser(), "--cache")
+        return Resolved(absolute(cache), "--cache")
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Resolved(Path(env).expanduser(), f"${CACHE_ENV}")
+        return Resolved(absolute(env), f"${CACHE_ENV}")
     root = resolve_data_root(data_root)
     source = f"<data root from {root.source}>/salt-cache/{split}"
     return Resolved(root.path / "salt-cache" / split, source)

@@ -57,6 +57,25 @@ def sample_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SampleV
     return videos
 
 
+def ssv2_download_copy(flat: Path, dst: Path, naming: str = "labels") -> Path:
+    """Copy the flat SSv2-layout root ``flat`` into ``dst`` laid out as SSv2's download
+    unpacks: videos in ``dst/20bn-something-something-v2/``, label files in ``dst/labels/``
+    (``naming="labels"``) or named ``something-something-v2-<name>.json`` (``"prefixed"``)."""
+    import shutil
+
+    videos = dst / "20bn-something-something-v2"
+    videos.mkdir(parents=True)
+    for src in [*flat.glob("*.webm"), *(flat / "videos").glob("*.webm")]:
+        shutil.copy2(src, videos / src.name)
+    labels = dst / "labels" if naming == "labels" else dst
+    labels.mkdir(exist_ok=True)
+    prefix = "" if naming == "labels" else "something-something-v2-"
+    for name in ("labels", "train", "validation", "test"):
+        if (flat / f"{name}.json").is_file():
+            shutil.copy2(flat / f"{name}.json", labels / f"{prefix}{name}.json")
+    return dst
+
+
 # --- cache fixtures ---
 
 CACHE_BAD_VIDEOS = {"103": "zero-byte", "107": "truncated", "112": "text"}
@@ -147,7 +166,8 @@ def make_run():
         total = total if total is not None else log_every * len(norm_losses)
         now = time.time()
         (run_dir / "config.json").write_text(json.dumps(
-            {"config": cfg.to_dict(), "total_steps": total, "world_size": 1, "device": "cpu"}))
+            {"config": cfg.to_dict(), "task": "salt", "total_steps": total, "world_size": 1,
+             "device": "cpu"}))
         n = len(norm_losses)
         with open(run_dir / "metrics.jsonl", "w") as f:
             f.write(json.dumps({"step": 0, "event": f"{exp}: started"}) + "\n")
@@ -157,8 +177,10 @@ def make_run():
                     "step": step, "time": now - heartbeat_age - 5.0 * (n - 1 - i),
                     "loss": 10 * v, "norm_loss": v, "cos": 1 - v, "lr": lr * (1 - i / (n + 1)),
                     "wd": 0.04, "grad_norm": 1.0, "epoch": step / max(total, 1),
-                    "clips_per_s": 100.0 + i, "data_wait": 0.1, "eta_s": 5.0 * (n - 1 - i),
-                    "skipped": 0}) + "\n")
+                    # as MetricsLogger writes them: records 5 s apart, log_every steps each
+                    "clips": cfg.batch_size * log_every, "interval_s": 5.0,
+                    "clips_per_s": cfg.batch_size * log_every / 5.0, "data_wait": 0.1,
+                    "eta_s": 5.0 * (n - 1 - i), "skipped": 0}) + "\n")
         if status is not None:
             step = log_every * n
             (run_dir / "heartbeat.json").write_text(json.dumps({

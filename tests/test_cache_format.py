@@ -20,9 +20,9 @@ from salt_vla.cache.format import (
 from salt_vla.cache.frames import (
     FramesTarWriter,
     decode_jpeg,
-    iter_frames_shard,
     jpeg_round_trip,
 )
+from salt_vla.cache.frames_reader import iter_frames_shard
 from salt_vla.cache.shard import (
     EMPTY,
     ShardFileWriter,

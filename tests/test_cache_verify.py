@@ -140,7 +140,7 @@ def test_recompute_without_the_checkpoint_says_so(store: Path) -> None:
     assert raw != (store / "cache.json").read_text()
     code, out = _verify_cli(str(store), "--quick", "--recompute", "2")
     assert code == 1
-    assert "cannot recompute" in out and "--teacher-ckpt" in out, out
+    assert "cannot recompute" in out and "--teacher PATH" in out, out
 
 
 def test_malformed_manifest_is_a_problem_not_a_crash(store: Path) -> None:

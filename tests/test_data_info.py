@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ssv2_download_copy
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
@@ -158,7 +159,7 @@ def test_format_summary_mentions_everything(info_root: Path):
     lines = format_summary(summarize_dataset(info_root, scan=None, backend="pyav"))
     text = "\n".join(lines)
     assert f"labels: {info_root / 'labels.json'}  (2 classes)" in text
-    assert "train: " in text and "3 videos (2 in videos/, 1 in the root), labeled" in text
+    assert "train: " in text and "3 videos (1 in the root, 2 in videos/), labeled" in text
     assert "test: " in text and "unlabeled" in text
     assert "      0       2           0  Pushing something from left to right" in lines
     assert "decode check: all 7 videos, backend pyav: 4 ok, 3 corrupt" in text
@@ -190,6 +191,23 @@ def test_cli_data_option_and_env(info_root: Path):
     res = invoke("--scan", "0", env={"SALT_DATA": str(info_root)})
     assert res.exit_code == 0, res.output
     assert f"data: {info_root}  (from $SALT_DATA)" in res.output
+
+
+@pytest.mark.parametrize(("naming", "layout", "labels_at"), [
+    ("labels", "SSv2 download, labels/", "labels/labels.json"),
+    ("prefixed", "SSv2 download, something-something-v2-*.json",
+     "something-something-v2-labels.json"),
+])
+def test_cli_reads_the_download_layouts_as_unpacked(info_root: Path, tmp_path: Path,
+                                                     naming: str, layout: str, labels_at: str):
+    dl = ssv2_download_copy(info_root, tmp_path / "ssv2", naming)
+    res = invoke(str(dl), "--scan", "all", "--backend", "pyav")
+    assert res.exit_code == 0, res.output
+    assert f"layout: {layout}" in res.output, res.output
+    assert f"labels: {dl / labels_at}  (2 classes)" in res.output, res.output
+    assert "3 videos (3 in 20bn-something-something-v2/), labeled" in res.output, res.output
+    assert "4 ok, 3 corrupt" in res.output and "corrupt validation/22" in res.output
+    assert str(dl / "20bn-something-something-v2" / "22.webm") in res.output
 
 
 def test_cli_missing_videos_and_exclusion_list(copy_root: Path, tmp_path: Path):

@@ -257,7 +257,8 @@ def test_cli_help_lists_every_option() -> None:
     res = runner.invoke(app, ["eval", "probe", "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
     for opt in ("--encoder", "--data", "--train-split", "--val-split", "--view-preset",
-                "--epochs", "--probe", "--batch-size", "--lr", "--seed", "--out"):
+                "--epochs", "--probe", "--batch-size", "--lr", "--seed", "--out", "--features",
+                "--feature-cache"):
         assert opt in res.output, f"{opt} missing from `salt eval probe --help`"
 
 
@@ -287,3 +288,166 @@ def test_val_every_only_changes_what_the_history_records() -> None:
     assert all("val_top1" in r for r in every.history)
     assert not any("val_top1" in r for r in sparse.history)
     assert [r["loss"] for r in sparse.history] == [r["loss"] for r in every.history]
+# --- features at SSv2 size: the mode, the checks before allocating, the same values -----------
+
+
+def test_memory_check_refuses_a_huge_split_before_allocating(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from salt_vla.eval import features
+    from salt_vla.eval.features import FeatureError, plan_features
+
+    ssv2 = {"train": 168_913, "validation": 24_777}  # ViT-B at 16x224: 1,568 tokens x 768
+    monkeypatch.setattr(features, "memory_available", lambda: 64 * 2**30)  # a "normal node"
+    with pytest.raises(FeatureError) as err:
+        plan_features("memory", ssv2, 1568, 768)
+    msg = str(err.value)
+    assert "(train 168,913 + validation 24,777 clips) x 1,568 tokens x 768" in msg, msg
+    assert "= 434.5 GiB" in msg and "MemAvailable 64.0 GiB" in msg, msg
+    assert "--features stream" in msg and "--feature-cache DIR" in msg, msg
+    assert "--limit-train" in msg, msg
+    auto = plan_features("auto", ssv2, 1568, 768)
+    assert auto.mode == "stream" and "does not fit in RAM" in auto.reason, auto
+    # a feature cache with room: disk; without: refused when asked for, streamed on auto
+    monkeypatch.setattr(features, "disk_free", lambda p: 2 * 2**40)
+    assert plan_features("auto", ssv2, 1568, 768, tmp_path).mode == "disk"
+    monkeypatch.setattr(features, "disk_free", lambda p: 100 * 2**30)
+    assert plan_features("auto", ssv2, 1568, 768, tmp_path).mode == "stream"
+    with pytest.raises(FeatureError, match="do not fit on disk.*100.0 GiB free"):
+        plan_features("disk", ssv2, 1568, 768, tmp_path)
+    # what a killed run left behind is named, not deleted (another probe may be writing)
+    stale = tmp_path / "train-0123" / ".features.npy.tmp-99999-abc"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x" * 8192)
+    with pytest.raises(FeatureError, match=r"unfinished features of killed runs.*delete them"):
+        plan_features("disk", ssv2, 1568, 768, tmp_path)
+    assert stale.exists()
+    assert plan_features("auto", ssv2, 1568, 768, tmp_path, cached=True).mode == "disk"
+    with pytest.raises(FeatureError, match="needs --feature-cache"):
+        plan_features("disk", ssv2, 1568, 768)
+    # the demo's size fits in memory
+    assert plan_features("auto", {"train": 420, "validation": 90}, 64, 192).mode == "memory"
+
+
+def test_probe_refuses_memory_mode_before_featurising(
+    tiny_ssv2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salt_vla.eval import features
+
+    allocated, encoded = [], []
+    real_allocate, real_encode = features._allocate, features._encode
+    monkeypatch.setattr(features, "_allocate",
+                        lambda *a: allocated.append(a) or real_allocate(*a))
+    monkeypatch.setattr(features, "_encode", lambda *a: encoded.append(1) or real_encode(*a))
+    monkeypatch.setattr(features, "memory_available", lambda: 100_000)  # < 2 x 196,608 B
+    args = ["eval", "probe", "--encoder", "random:tiny", "--data", str(tiny_ssv2),
+            "--view-preset", "tiny-8x64", "--epochs", "1", "--batch-size", "4", "--workers",
+            "0"]
+    res = CliRunner().invoke(app, [*args, "--features", "memory", "--out",
+                                   str(tmp_path / "m.json")])
+    assert res.exit_code == 1, res.output
+    assert "do not fit in RAM" in res.output and "--features stream" in res.output
+    assert allocated == [] and encoded == [], "allocated or encoded before the check"
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "auto.json")])
+    assert res.exit_code == 0, res.output
+    assert "features: stream" in res.output and allocated == [], res.output
+    record = json.loads((tmp_path / "auto.json").read_text())
+    assert record["features"]["mode"] == "stream" and record["val"]["clips"] == 8
+
+
+def test_cli_probe_reads_the_download_layout(tiny_ssv2: Path, tmp_path: Path) -> None:
+    from conftest import ssv2_download_copy
+
+    dl = ssv2_download_copy(tiny_ssv2, tmp_path / "ssv2", naming="labels")
+    res = CliRunner().invoke(app, [
+        "eval", "probe", "--encoder", "random:tiny", "--data", str(dl), "--view-preset",
+        "tiny-8x64", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--out",
+        str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    assert "data: train: layout SSv2 download, labels/" in res.output, res.output
+    assert f"videos: 8 in {dl / '20bn-something-something-v2'}" in res.output
+    assert "features: memory" in res.output
+    assert json.loads((tmp_path / "p.json").read_text())["features"]["mode"] == "memory"
+
+
+def _stream_rows(stream, order: np.ndarray, size: int) -> dict[int, np.ndarray]:
+    return {int(r): f for rows, feats in stream.iter_features(order, size)
+            for r, f in zip(rows, feats.cpu().numpy(), strict=True)}
+
+
+def test_streamed_disk_and_in_memory_features_are_the_same(tiny_ssv2: Path,
+                                                            tmp_path: Path) -> None:
+    """Bitwise when the encoder sees the same batches; to float16 rounding otherwise.
+
+    The probe reads float16 features in every mode. In-memory (and disk) features are
+    encoded in file-order batches; a stream encodes each epoch's shuffled batches. A CPU
+    matmul may sum in another order for another batch (another blocking), which moves the
+    float32 result by an ulp or so, and the cast to float16 can then round a value to its
+    neighbour: one float16 ulp (2^-10 relative) is the honest bound, bitwise is not promised.
+    """
+    from salt_vla.eval.features import StreamedFeatures, load_clips
+
+    enc = resolve_encoder("random:tiny", TINY_VIEW)
+    mem = compute_features(enc, tiny_ssv2, "validation", batch_size=4)
+    disk = compute_features(enc, tiny_ssv2, "validation", batch_size=4, cache_dir=tmp_path)
+    assert isinstance(disk.features, np.memmap)
+    np.testing.assert_array_equal(disk.features, mem.features)
+    stream = StreamedFeatures(enc, load_clips(tiny_ssv2, "validation"))
+    assert stream.shape == mem.features.shape and stream.labels.tolist() == mem.labels.tolist()
+    n = len(mem)
+    same = _stream_rows(stream, np.arange(n), 4)  # the precompute's batches
+    np.testing.assert_array_equal(np.stack([same[i] for i in range(n)]), mem.features)
+    order = np.random.default_rng(0).permutation(n)  # an epoch's batches
+    shuffled = _stream_rows(stream, order, 3)
+    got = np.stack([shuffled[i] for i in range(n)]).astype(np.float32)
+    np.testing.assert_allclose(got, mem.features.astype(np.float32), rtol=2**-10, atol=2**-14)
+    assert not stream.failed
+
+
+def test_streamed_probe_matches_the_in_memory_probe(tiny_ssv2: Path) -> None:
+    from salt_vla.eval.features import StreamedFeatures, load_clips
+
+    enc = resolve_encoder("random:tiny", TINY_VIEW)
+    cfg = ProbeConfig(epochs=3, batch_size=4, lr=3e-3)
+    tr, va = (compute_features(enc, tiny_ssv2, s, batch_size=4) for s in ("train", "validation"))
+    ref = train_probe(tr.features, tr.labels, va.features, va.labels, 2, cfg)
+    st, sv = (StreamedFeatures(enc, load_clips(tiny_ssv2, s)) for s in ("train", "validation"))
+    got = train_probe(st, st.labels, sv, sv.labels, 2, cfg)
+    assert got.top1 == ref.top1 and got.val_clips == ref.val_clips == 8
+    for a, b in zip(got.history, ref.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3), (got.history, ref.history)
+
+
+def test_failed_clips_are_dropped_in_every_mode(tiny_ssv2: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from salt_vla.eval.features import StreamedFeatures, load_clips
+
+    root = Path(shutil.copytree(tiny_ssv2, tmp_path / "ds"))
+    clips = load_clips(root, "validation")
+    clips.paths[2].write_text("not a video")  # the third clip of the split
+    enc = resolve_encoder("random:tiny", TINY_VIEW)
+    mem = compute_features(enc, root, "validation", batch_size=3)
+    disk = compute_features(enc, root, "validation", batch_size=3, cache_dir=tmp_path / "c")
+    assert len(mem) == 7 and [f["id"] for f in mem.failed] == [clips.ids[2]]
+    assert mem.ids == clips.ids[:2] + clips.ids[3:] and mem.features.shape[0] == 7
+    # the disk entry was compacted in place: a valid .npy of 7 rows, equal to RAM's
+    back = np.load(disk.path)
+    assert back.shape == (7, 64, 192) and disk.ids == mem.ids
+    np.testing.assert_array_equal(back, mem.features)
+    assert compute_features(enc, root, "validation", cache_dir=tmp_path / "c").reused
+    ok = compute_features(enc, tiny_ssv2, "validation", batch_size=3)
+    np.testing.assert_array_equal(mem.features, np.delete(ok.features, 2, axis=0))
+    stream = StreamedFeatures(enc, clips)
+    rows = _stream_rows(stream, np.arange(8), 3)
+    assert sorted(rows) == [0, 1, 3, 4, 5, 6, 7] and list(stream.failed) == [clips.ids[2]]
+
+
+def test_readme_probe_table_is_the_features_arithmetic() -> None:
+    from salt_vla.eval.features import probe_size_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [line for line in probe_size_table() if line not in readme]
+    assert not missing, ("README's probe table is out of date; paste "
+                         f"salt_vla.eval.features.probe_size_table() in: {missing}")
+    assert "`--features`" in readme and "--feature-cache" in readme

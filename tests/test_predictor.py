@@ -178,3 +178,34 @@ def test_without_context_positions_only_the_context_contents_locate_it() -> None
             b = pred(ctx, torch.tensor([[2, 3]]), tgt)
         assert torch.allclose(a, b) == same, f"ctx_pos={ctx_pos}"
     assert tiny_predictor(ctx_pos=False).state_dict().keys() == tiny_predictor().state_dict().keys()
+# The state-dict layout of checkpoints written before the predictor and the pixel decoder
+# shared their body (models/target_head.py): it must not change, or old runs stop loading.
+BLOCK_KEYS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
+              "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+              "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+
+
+def blocks_keys(depth: int) -> list[str]:
+    return [f"blocks.{i}.{k}" for i in range(depth) for k in BLOCK_KEYS]
+
+
+def test_predictor_state_dict_keys_are_unchanged() -> None:
+    sd = tiny_predictor().state_dict()  # width 24, depth 2, 32 -> 48 channels
+    assert list(sd) == ["mask_token", "embed.weight", "embed.bias", *blocks_keys(2),
+                        "norm.weight", "norm.bias", "proj.weight", "proj.bias"]
+    shapes = {k: tuple(sd[k].shape) for k in ("mask_token", "embed.weight", "proj.weight")}
+    assert shapes == {"mask_token": (1, 1, 24), "embed.weight": (24, IN_DIM),
+                      "proj.weight": (OUT_DIM, 24)}
+
+
+def test_pixel_decoder_state_dict_keys_are_unchanged() -> None:
+    from salt_vla.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
+
+    dec = PixelDecoder(PixelDecoderConfig(in_dim=IN_DIM, width=24, depth=2, heads=2, **GRID_KW))
+    sd = dec.state_dict()
+    assert list(sd) == ["mask_token", "in_norm.weight", "in_norm.bias", "embed.weight",
+                        "embed.bias", *blocks_keys(2), "norm.weight", "norm.bias",
+                        "head.weight", "head.bias"]
+    shapes = {k: tuple(sd[k].shape) for k in ("in_norm.weight", "embed.weight", "head.weight")}
+    assert shapes == {"in_norm.weight": (IN_DIM,), "embed.weight": (24, IN_DIM),
+                      "head.weight": (2 * 16 * 16 * 3, 24)}

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.report import write_report
-from salt_vla.trainer.run_status import rolling_best
+from salt_vla.runs.report import write_report
+from salt_vla.runs.smoothing import rolling_best
 
 
 def test_report_of_two_runs(tmp_path: Path, make_run) -> None:
@@ -49,7 +49,7 @@ def test_report_cli_and_bad_input(tmp_path: Path, make_run) -> None:
     assert "x/run" in out.read_text() and "y/run" in out.read_text()  # names disambiguated
     assert (tmp_path / "cmp-lr.png").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--out", str(out)])
-    assert res.exit_code == 1 and "not a run directory" in res.output
+    assert res.exit_code == 1 and "no such directory" in res.output
 
 
 def test_rolling_best_ignores_nonfinite_windows() -> None:

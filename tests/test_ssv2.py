@@ -1,5 +1,7 @@
-"""SSv2 index: hand-written fixtures in the dataset's real schema, both video layouts, every
-bad-input case and its named error, and --allow-missing."""
+"""SSv2 index: hand-written fixtures in the dataset's real schema, the flat layout and both
+download layouts (label files in labels/ or named something-something-v2-*.json, videos in
+20bn-something-something-v2/), ambiguous roots, every bad-input case and its named error, and
+--allow-missing."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ssv2_download_copy
 
 from salt_vla.data.ssv2 import (
     SSv2Entry,
     SSv2Error,
     SSv2MissingVideosWarning,
+    find_layout,
     load_labels,
     load_split,
     template_class,
@@ -148,6 +152,73 @@ def test_both_video_layouts(tmp_path: Path, layout: str):
         assert index.video_path(vid) == expected, f"{layout}: wrong path for {vid}"
         assert index.video_path(vid).exists()
     assert index.num_in_subdir == {"videos": 4, "root": 0, "mixed": 2}[layout]
+
+
+# --- SSv2's download layouts, read as they unpack ---------------------------------------------
+
+
+@pytest.mark.parametrize(("naming", "labels_at", "name"), [
+    ("labels", "labels/labels.json", "SSv2 download, labels/"),
+    ("prefixed", "something-something-v2-labels.json",
+     "SSv2 download, something-something-v2-*.json"),
+])
+def test_download_layouts_read_as_unpacked(tmp_path: Path, naming: str, labels_at: str,
+                                           name: str):
+    dl = ssv2_download_copy(make_root(tmp_path / "flat"), tmp_path / "dl", naming)
+    layout = find_layout(dl)
+    assert layout.name == name and layout.labels_path == dl / labels_at
+    flat = load_split(tmp_path / "flat", "train")
+    index = load_split(dl, "train")
+    assert index.entries == flat.entries and index.classes == flat.classes
+    assert index.labels_path == dl / labels_at
+    assert index.path == layout.split_path("train") and index.path.is_file()
+    for vid in TRAIN_IDS:
+        assert index.video_path(vid) == dl / "20bn-something-something-v2" / f"{vid}.webm"
+    assert index.videos_by_dir() == {"20bn-something-something-v2": 4}
+    line = index.describe()
+    assert name in line and str(index.path) in line, line
+    assert f"4 in {dl / '20bn-something-something-v2'}" in line, line
+    assert load_split(dl, "test").ids == ["1420", "94250"]
+    assert load_labels(dl) == load_labels(tmp_path / "flat")
+
+
+def test_flat_layout_is_named_flat(root: Path):
+    assert find_layout(root).name == "flat"
+    assert load_split(root, "train").videos_by_dir() == {"videos": 4}
+
+
+def test_download_missing_video_names_the_download_folder(tmp_path: Path):
+    dl = ssv2_download_copy(make_root(tmp_path / "flat", skip=("42326",)), tmp_path / "dl")
+    with pytest.raises(SSv2Error) as err:
+        load_split(dl, "train")
+    assert f"{dl / '20bn-something-something-v2'}/<id>.webm" in str(err.value)
+
+
+def test_two_different_layouts_are_refused_naming_both(tmp_path: Path):
+    dl = ssv2_download_copy(make_root(tmp_path / "flat"), tmp_path / "dl")
+    (dl / "labels.json").write_text('{"Something else": "0"}')  # a stray flat labels.json
+    with pytest.raises(SSv2Error) as err:
+        load_split(dl, "train")
+    msg = str(err.value)
+    assert str(dl / "labels.json") in msg and str(dl / "labels" / "labels.json") in msg, msg
+    assert "Remove (or rename) one" in msg, msg
+
+
+def test_identical_copies_of_the_label_files_use_the_flat_ones(tmp_path: Path):
+    dl = ssv2_download_copy(make_root(tmp_path / "flat"), tmp_path / "dl")
+    for f in (dl / "labels").iterdir():  # a user copied them up by hand, byte for byte
+        (dl / f.name).write_bytes(f.read_bytes())
+    assert find_layout(dl).name == "flat"
+    assert load_split(dl, "train").ids == TRAIN_IDS
+
+
+def test_no_labels_anywhere_lists_every_place_looked(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SSv2Error) as err:
+        load_split(tmp_path / "empty", "train")
+    msg = str(err.value)
+    for where in ("labels.json", "labels/labels.json", "something-something-v2-labels.json"):
+        assert str(tmp_path / "empty" / where) in msg, msg
 
 
 def test_root_file_wins_when_both_exist(root: Path):

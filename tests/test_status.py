@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.heartbeat import Heartbeat, pid_alive, process_start, read_heartbeat
-from salt_vla.trainer.run_status import run_status, status_of
+from salt_vla.runs.heartbeat import Heartbeat, pid_alive, process_start
+from salt_vla.runs.rundir import read_heartbeat
+from salt_vla.runs.status import run_status, status_of
 
 
 def dead_pid() -> int:
@@ -39,8 +40,9 @@ def test_live_run_is_healthy(tmp_path: Path, make_run) -> None:
     assert st["state"] == "running" and st["pid"] == os.getpid()
     assert (st["step"], st["total"]) == (40, 100)
     assert st["norm_loss"] == 0.6 and st["norm_loss_smoothed"] == pytest.approx(0.75)
-    assert st["clips_per_s"] == pytest.approx(101.5)
-    # 30 steps in 15 s of logged records -> 60 steps left take 30 s
+    # the run's rate: 4 intervals of 80 clips in 5 s each
+    assert st["clips_per_s"] == pytest.approx(16.0) and st["clips"] == 320
+    # at that rate the 60 steps (x 8 clips) left take 30 s
     assert st["eta_s"] == pytest.approx(30.0)
     assert st["checkpoint"] is None  # no ckpt.pt fabricated
 
@@ -111,3 +113,29 @@ def test_heartbeat_writer(tmp_path: Path) -> None:
         process_start(os.getpid()) is None
     with pytest.raises(ValueError, match="end status"):
         hb.end("running")
+
+
+def test_exit_codes_of_a_stopped_run_are_documented_beside_status() -> None:
+    """`salt train` exits 130 / 143 after a signal's checkpoint; its help and `salt status`'s
+    say so next to the status codes."""
+    for cmd in (["train", "--help"], ["teacher", "train", "--help"], ["status", "--help"],
+                ["sweep", "--help"]):
+        res = CliRunner().invoke(app, cmd, terminal_width=200)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 0 and "130" in text and "143" in text, cmd
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "143" in readme and "130" in readme
+
+
+def test_a_stopped_run_lists_its_kept_checkpoints(tmp_path: Path, make_run) -> None:
+    from salt_vla.trainer.checkpoint import save_run_checkpoint
+
+    run = make_run(tmp_path / "stopped", norm_losses=[0.9, 0.8], total=100, status="stopped")
+    for step in (10, 20):
+        save_run_checkpoint(run, step, {"step": step}, keep=2)
+    code, out = cli_status(run)
+    st = out["runs"][0]
+    assert code == 1 and st["state"] == "stopped"
+    assert st["checkpoint"]["kept_steps"] == [10, 20]
+    res = CliRunner().invoke(app, ["status", str(run)])
+    assert "kept: steps 10, 20" in res.output

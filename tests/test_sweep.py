@@ -13,19 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
-from salt_vla.trainer.report import write_report
-from salt_vla.trainer.sweep import (
-    SweepError,
-    format_plan,
-    load_spec,
-    new_state,
-    parse_spec,
-    read_state,
-    run_sweep,
-    save_state,
-    sweep_lock,
-    sweep_status,
-)
+from salt_vla.runs.report import write_report
+from salt_vla.runs.status import sweep_status
+from salt_vla.runs.sweep import format_plan, new_state, run_sweep
+from salt_vla.runs.sweep_dir import SweepError, read_state, save_state, sweep_lock
+from salt_vla.runs.sweep_spec import load_spec, parse_spec
 
 # Stands in for `salt train` behind the spec's launcher: it gets `SALT_SCRIPT train --exp E
 # --out D --resume auto --set ...`, records its argv, and writes a finished run whose
@@ -56,7 +48,7 @@ if os.path.exists(metrics):
 level = json.loads(os.environ["FAKE_LOSS"])[exp]
 if exp in os.environ.get("FAKE_HANG", ""):  # wait for the sweep to pass on a stop signal
     import signal
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # as `salt train` exits
     open(os.path.join(out, "started"), "w").close()
     time.sleep(60)
     sys.exit(3)
@@ -237,9 +229,9 @@ def test_stop_signal_is_passed_to_the_run(tmp_path: Path) -> None:
     t.start()
     code = run_sweep(load_spec(spec_path), sweep, echo=lambda s: None, poll=0.2)
     t.join()
-    assert code == 130
+    assert code == 143  # the sweep got SIGTERM
     rec = read_state(sweep)["stages"]["exp1"]
-    assert rec["status"] == "interrupted" and rec["rc"] == 0  # it exited on our SIGTERM
+    assert rec["status"] == "interrupted" and rec["rc"] == 143  # it exited on our SIGTERM
     assert not (sweep / "exp2").exists() and not (sweep / "exp3").exists()
 
 

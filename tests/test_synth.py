@@ -308,6 +308,7 @@ def test_cli_synth(tmp_path: Path) -> None:
 
     plain = runner.invoke(app, ["data", "synth", str(tmp_path / "plain"), "--videos", "2",
                                 "--classes", "2", "--frames", "2", "--size", "16",
+                                "--splits", "1/0/0",
                                 "--workers", "1", "--background", "0.25", "--distractors", "0-1"])
     assert plain.exit_code == 0, plain.output
     cfg = json.loads((tmp_path / "plain" / "synth.json").read_text())["config"]
@@ -319,8 +320,16 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "classes=99" in bad.output
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "a.txt").write_text("x")
-    busy = runner.invoke(app, ["data", "synth", str(tmp_path / "busy"), "--videos", "2"])
+    busy = runner.invoke(app, ["data", "synth", str(tmp_path / "busy"), "--videos", "2",
+                               "--splits", "1/0/0"])
     assert busy.exit_code == 1 and "--force" in busy.output
+    assert "force=True" not in busy.output  # names the option, not a Python argument
+    # A size that leaves a weighted split empty is refused before anything is written,
+    # naming the size that fills every split.
+    few = runner.invoke(app, ["data", "synth", str(tmp_path / "few"), "--videos", "5"])
+    assert few.exit_code == 1, few.output
+    assert "leaves validation and test empty" in few.output and "--videos 25" in few.output
+    assert not (tmp_path / "few").exists()
 
 
 # --- lighting / colour nuisance (issue 13, (a)) ---------------------------------------------

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from salt_vla.models.checkpoint import (
-    CheckpointError,
     KeyDiff,
+    StateDictError,
     diff_state_dict,
     file_sha256,
     strip_uniform_prefix,
@@ -316,7 +316,7 @@ def test_sha256_is_streamed_file_hash(tmp_path):
 def test_wrong_arch_names_the_file_the_diff_and_the_right_arch(tmp_path, state):
     path = tmp_path / "tiny.pth"
     torch.save(state, path)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(StateDictError) as err:
         load_teacher(path, TeacherSpec(arch="vit_small", num_frames=4, img_size=32))
     msg = str(err.value)
     assert str(path.resolve()) in msg and err.value.path == str(path.resolve())
@@ -329,7 +329,7 @@ def test_wrong_arch_names_the_file_the_diff_and_the_right_arch(tmp_path, state):
 def test_wrong_patch_size_hint(tmp_path, state):
     path = tmp_path / "tiny.pth"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match="the file's patch is 16: set patch=16"):
+    with pytest.raises(StateDictError, match="the file's patch is 16: set patch=16"):
         load_teacher(path, TeacherSpec(arch="vit_tiny", num_frames=4, img_size=32, patch=8))
 
 
@@ -337,7 +337,7 @@ def test_missing_keys_are_listed(tmp_path, state):
     path = tmp_path / "partial.pth"
     broken = {k: v for k, v in state.items() if not k.endswith(("q_bias", "v_bias"))}
     torch.save({"model": broken}, path)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(StateDictError) as err:
         load_teacher(path, SPEC)
     msg = str(err.value)
     assert "missing from the file (8)" in msg
@@ -349,7 +349,7 @@ def test_renamed_keys_are_listed_as_missing_and_unexpected(tmp_path, state):
     path = tmp_path / "renamed.safetensors"
     renamed = {k.replace("blocks.", "layers."): v.contiguous() for k, v in state.items()}
     save_file(renamed, str(path))
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(StateDictError) as err:
         load_teacher(path, SPEC)
     msg = str(err.value)
     assert "missing from the file (52)" in msg and "blocks.{0-3}.mlp.fc1.weight" in msg
@@ -361,7 +361,7 @@ def test_timm_style_qkv_bias_hint(tmp_path, state):
     timm = {k: v for k, v in state.items() if not k.endswith(("q_bias", "v_bias"))}
     timm |= {f"blocks.{i}.attn.qkv.bias": torch.zeros(3 * 192) for i in range(4)}
     torch.save(timm, path)
-    with pytest.raises(CheckpointError, match="full 'attn.qkv.bias'"):
+    with pytest.raises(StateDictError, match="full 'attn.qkv.bias'"):
         load_teacher(path, SPEC)
 
 
@@ -370,7 +370,7 @@ def test_pretraining_checkpoint_hint(tmp_path, state):
     pre = {f"encoder.{k}": v for k, v in state.items()}
     pre["decoder.blocks.0.norm1.weight"] = torch.ones(4)
     torch.save({"model": pre}, path)
-    with pytest.raises(CheckpointError, match="PRE-TRAINING checkpoint"):
+    with pytest.raises(StateDictError, match="PRE-TRAINING checkpoint"):
         load_teacher(path, SPEC)
 
 
@@ -384,20 +384,20 @@ def test_pretraining_checkpoint_hint(tmp_path, state):
 def test_not_a_state_dict(tmp_path, content, match):
     path = tmp_path / "odd.pth"
     torch.save(content, path)
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(StateDictError, match=match):
         load_teacher(path, SPEC)
 
 
 def test_unreadable_and_absent_files(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(StateDictError, match="junk.pth: not a readable PyTorch checkpoint"):
         load_teacher(junk, SPEC)
     bad_st = tmp_path / "junk.safetensors"
     bad_st.write_bytes(b"\x00" * 16)
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(StateDictError, match="not a readable safetensors file"):
         load_teacher(bad_st, SPEC)
-    with pytest.raises(CheckpointError, match="file not found"):
+    with pytest.raises(StateDictError, match="file not found"):
         load_teacher(tmp_path / "nope.pth", SPEC)
 
 
@@ -408,7 +408,7 @@ class _Custom:  # an arbitrary pickled class: weights_only loading must refuse i
 def test_arbitrary_pickles_are_refused(tmp_path, state):
     path = tmp_path / "pickle.pth"
     torch.save({"model": state, "extra": _Custom()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(StateDictError, match="weights_only=True"):
         load_teacher(path, SPEC)
 
 

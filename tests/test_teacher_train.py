@@ -12,18 +12,19 @@ import torch
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
+from salt_vla.errors import ConfigError
 from salt_vla.models.checkpoint import file_sha256
 from salt_vla.models.pixels import frames_to_input
 from salt_vla.models.teacher import load_teacher
+from salt_vla.runs.rundir import FAILURES_NAME, loss_curve
 from salt_vla.trainer.checkpoint import load_checkpoint
-from salt_vla.trainer.experiments import ConfigError
-from salt_vla.trainer.loop import RunSpec, loss_curve
+from salt_vla.trainer.loop import RunSpec
 from salt_vla.trainer.pixel_objective import patchify, pixel_targets
 from salt_vla.trainer.sources import memory_sources
 from salt_vla.trainer.teacher_experiments import TEACHER_PRESETS, resolve_teacher
 from salt_vla.trainer.teacher_export import TeacherExportError, export_teacher, teacher_spec
 from salt_vla.trainer.teacher_train import build_pixel_model, train_teacher
-from salt_vla.trainer.video_source import FAILURES_NAME, VideoClips, read_failures
+from salt_vla.trainer.video_source import VideoClips, read_failures
 
 # teacher-tiny's encoder (vit_tiny, 8 x 64 px) with a small decoder; no worker processes.
 SMALL = ["decoder_width=32", "decoder_depth=1", "decoder_heads=2", "num_workers=0",

@@ -72,3 +72,90 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     restore_rng(load_checkpoint(path)["rng"])
     got = (random.random(), np.random.randn(), torch.rand(3))
     assert got[0] == want[0] and got[1] == want[1] and torch.equal(got[2], want[2])
+
+
+# --- why a checkpoint does not load, in words (never torch's `weights_only=False` advice) ---
+
+
+def _real_checkpoint(path: Path) -> Path:
+    model = torch.nn.Linear(8, 8)
+    return save_checkpoint(path, {"model": model.state_dict(), "step": 3})
+
+
+def test_each_unloadable_file_says_what_it_is(tmp_path: Path) -> None:
+    import argparse
+
+    good = _real_checkpoint(tmp_path / "good.pt")
+    cases = {
+        "empty.pt": (b"", "empty file (0 bytes)"),
+        "garbage.pt": (b"this is not a checkpoint", "not a torch zip archive"),
+        "truncated.pt": (good.read_bytes()[: good.stat().st_size // 2], "truncated"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    # A pickle with objects besides tensors: torch.load(weights_only=True) refuses it, and its
+    # message suggests weights_only=False, which would run whatever code the file holds.
+    torch.save({"format": 1, "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pt")
+    cases["pickled.pt"] = (b"", "holds Python objects besides tensors")
+    for name, (_, want) in cases.items():
+        with pytest.raises(ckpt.UnreadableCheckpoint) as e:
+            load_checkpoint(tmp_path / name)
+        msg = str(e.value)
+        assert want in msg and str(tmp_path / name) in msg, f"{name}: {msg}"
+        assert "weights_only" not in msg, f"{name}: the message passes on torch's unsafe advice"
+    state_dict = tmp_path / "state_dict.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state_dict)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by salt-vla"):
+        load_checkpoint(state_dict)
+
+
+# --- kept checkpoints: rotation, snapshots, the fallback of a resume ---------------------------
+
+
+def test_rotation_keeps_the_last_k_plus_the_latest_and_snapshots(tmp_path: Path) -> None:
+    from salt_vla.runs.rundir import checkpoint_path, checkpoints, step_checkpoint_path
+
+    for step in range(1, 11):
+        ckpt.save_run_checkpoint(tmp_path, step, {"step": step}, keep=2, snapshot_every=4)
+    assert [s for s, _ in checkpoints(tmp_path)] == [4, 8, 9, 10]
+    assert checkpoints(tmp_path)[-1][1] == step_checkpoint_path(tmp_path, 10)
+    assert step_checkpoint_path(tmp_path, 10).name == "ckpt-000010.pt"
+    latest = checkpoint_path(tmp_path)
+    assert latest.samefile(step_checkpoint_path(tmp_path, 10))  # one file, two names
+    assert load_checkpoint(latest)["step"] == 10
+    assert not list(tmp_path.glob(".*tmp*"))
+    # keep=0: only the latest (and snapshots) stay
+    for step in range(11, 14):
+        ckpt.save_run_checkpoint(tmp_path, step, {"step": step}, keep=0, snapshot_every=4)
+    assert [s for s, _ in checkpoints(tmp_path)] == [4, 8, 12, 13]
+
+
+def test_resume_candidates_fall_back_to_the_newest_that_loads(tmp_path: Path) -> None:
+    from salt_vla.runs.rundir import checkpoint_path, step_checkpoint_path
+
+    for step in (2, 4, 6):
+        ckpt.save_run_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    latest = checkpoint_path(tmp_path)
+    # ckpt.pt and ckpt-000006.pt are one file: tried once
+    assert ckpt.resume_candidates(tmp_path) == [
+        latest, step_checkpoint_path(tmp_path, 4), step_checkpoint_path(tmp_path, 2)]
+    with open(latest, "r+b") as f:  # damaged in place: both names of step 6
+        f.truncate(100)
+    state, used, skipped = ckpt.load_first(ckpt.resume_candidates(tmp_path))
+    assert state["step"] == 4 and used == step_checkpoint_path(tmp_path, 4)
+    assert [(p, "truncated" in why) for p, why in skipped] == [(latest, True)]
+    # ckpt.pt replaced by another (empty) file: step 6's own file still loads
+    latest.unlink()
+    latest.write_bytes(b"")
+    state, used, skipped = ckpt.load_first(ckpt.resume_candidates(tmp_path))
+    assert state["step"] == 4  # step 6's file is the truncated one
+    assert [p.name for p, _ in skipped] == ["ckpt.pt", "ckpt-000006.pt"]
+    assert "empty file" in skipped[0][1]
+    for p in ckpt.resume_candidates(tmp_path):
+        p.write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as e:
+        ckpt.load_first(ckpt.resume_candidates(tmp_path))
+    msg = str(e.value)
+    for name in ("ckpt.pt", "ckpt-000006.pt", "ckpt-000004.pt", "ckpt-000002.pt"):
+        assert str(tmp_path / name) in msg and (tmp_path / name).exists()
+    assert "another --out" in msg and "weights_only" not in msg

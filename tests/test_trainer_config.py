@@ -8,16 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from salt_vla.cli import app
+from salt_vla.errors import ConfigError
 from salt_vla.trainer.build import config_grid, mask_config
 from salt_vla.trainer.experiments import (
     PRESETS,
-    ConfigError,
     TrainConfig,
-    diff,
     parse_overrides,
     resolve,
     valid_keys,
 )
+from salt_vla.trainer.loop_config import diff
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -51,18 +51,17 @@ def test_seed_presets_match_the_issue() -> None:
     assert mask_config(PRESETS["exp3"]).num_groups == 1
 
 
-def test_exp_show_prints_values() -> None:
+def test_exp_show_prints_values_as_toml() -> None:
+    tomllib = pytest.importorskip("tomllib")
     result = CliRunner().invoke(app, ["exp", "show", "exp3"])
     assert result.exit_code == 0, result.output
-    lines = {ln.split("=")[0].strip(): ln.split("=", 1)[1].strip()
-             for ln in result.output.splitlines() if "=" in ln and not ln.startswith("#")}
-    assert lines["lr"] == "0.0003"
-    assert lines["min_lr"] == "3e-05"
-    assert lines["warmup_steps"] == "500"
-    assert lines["epochs"] == "3"
-    assert lines["mask_ratio"] == "0.9"
-    assert lines["betas"] == "(0.9, 0.95)"
-    assert lines["grad_clip"] == "0.02"
+    values = tomllib.loads(result.output)
+    assert values["lr"] == 3e-4 and values["min_lr"] == 3e-5
+    assert values["warmup_steps"] == 500 and values["epochs"] == 3
+    assert values["mask_ratio"] == 0.9 and values["grad_clip"] == 0.02
+    assert values["betas"] == [0.9, 0.95]
+    assert "student_dim" not in values  # None: a commented-out line (TOML has no null)
+    assert "# student_dim" in result.output
 
 
 def test_exp_list_names_every_preset() -> None:
@@ -101,7 +100,7 @@ def test_unknown_key_lists_valid_keys() -> None:
         ("loss=huber", "loss='huber': choose one of mse, l1"),
         ("mask_ratio=1.5", "mask_ratio=1.5"),
         ("batch_size=0", "batch_size=0: must be > 0"),
-        ("targets=online", "teacher_ckpt"),
+        ("targets=online", "needs the teacher: --teacher PATH"),
     ],
 )
 def test_bad_overrides_are_refused(item: str, fragment: str) -> None:
@@ -127,3 +126,52 @@ def test_diff_ignores_runtime_keys() -> None:
     assert diff(a, resolve("tiny", ["num_workers=0", "log_every=1"])) == []
     assert diff(a, resolve("tiny", ["lr=0.5"])) == ["lr: 0.001 -> 0.5"]
     assert set(valid_keys()) >= {"lr", "skip_nonfinite", "grad_accum"}
+
+
+def _float_keys(cls: type) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)
+            if isinstance(f.default, float) or (isinstance(f.default, tuple) and f.default
+                                                and isinstance(f.default[0], float))]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_for_every_float_key(value: str) -> None:
+    """NaN passes every range check (`lr < 0` is False): `lr=nan` used to end in a torch
+    traceback, `grad_clip=nan` silently turned clipping off, `lr=inf` died at step 2."""
+    from salt_vla.trainer.teacher_experiments import TeacherTrainConfig, resolve_teacher
+
+    for cls, make, preset in ((TrainConfig, resolve, "exp3"),
+                              (TeacherTrainConfig, resolve_teacher, "teacher-tiny")):
+        keys = _float_keys(cls)
+        assert {"lr", "min_lr", "grad_clip", "mask_ratio", "eps", "betas"} <= set(keys)
+        for k in keys:
+            pair = isinstance(getattr(cls(), k), tuple)  # betas, mask_temporal_scale
+            item = f"{k}={value},0.9" if pair else f"{k}={value}"
+            with pytest.raises(ConfigError) as e:
+                make(preset, [item])
+            assert f"{k}=" in str(e.value) and "must be a finite number" in str(e.value), item
+
+
+def test_cli_names_a_nan_key_without_a_traceback() -> None:
+    result = CliRunner().invoke(app, ["train", "--exp", "tiny", "--set", "lr=nan",
+                                      "--set", "grad_clip=inf"])
+    assert result.exit_code == 1
+    assert "lr=nan: must be a finite number" in result.output
+    assert "grad_clip=inf: must be a finite number" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_probe_and_synth_configs_refuse_non_finite_floats() -> None:
+    from salt_vla.data.synth import SynthConfig, SynthError
+    from salt_vla.eval.probe import ProbeConfig
+
+    for k in ("lr", "weight_decay", "warmup_epochs", "mlp_ratio"):
+        with pytest.raises(ConfigError, match=f"probe {k}=nan: must be a finite number"):
+            ProbeConfig(**{k: float("nan")})
+    for k in ("noise", "jitter", "flicker", "background"):
+        with pytest.raises(SynthError, match=f"{k}=inf: must be a finite number"):
+            SynthConfig(**{k: float("inf")})
+    with pytest.raises(SynthError, match="splits="):
+        SynthConfig(splits=(0.7, float("nan"), 0.15))

@@ -13,6 +13,7 @@ import torch
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.masking.config import MaskConfig
 from salt_vla.models.grid import TokenGrid
+from salt_vla.runs.rundir import read_metrics
 from salt_vla.trainer.data import (
     BatchFeeder,
     ClipDataset,
@@ -25,9 +26,10 @@ from salt_vla.trainer.data import (
 from salt_vla.trainer.metrics_log import (
     MetricsLogger,
     format_duration,
+    has_wandb_key,
     progress_line,
-    read_metrics,
     resolve_wandb_mode,
+    start_wandb,
 )
 from salt_vla.trainer.sources import MemoryFrames, MemoryTargets
 
@@ -139,7 +141,10 @@ def test_feeder_reraises_source_errors() -> None:
 
 def test_wandb_mode_resolution() -> None:
     assert resolve_wandb_mode(None, {}) == "disabled"
-    assert resolve_wandb_mode(None, {"WANDB_API_KEY": "x"}) == "online"
+    # A key in the environment is no choice: on a node without internet it used to make the
+    # run go online, hang ~2 minutes and die.
+    assert resolve_wandb_mode(None, {"WANDB_API_KEY": "x"}) == "disabled"
+    assert resolve_wandb_mode(None, {"WANDB_MODE": "online"}) == "online"
     assert resolve_wandb_mode(None, {"WANDB_MODE": "offline", "WANDB_API_KEY": "x"}) == "offline"
     assert resolve_wandb_mode(None, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "x"}) == "disabled"
     assert resolve_wandb_mode("offline", {"WANDB_MODE": "online"}) == "offline"
@@ -147,22 +152,120 @@ def test_wandb_mode_resolution() -> None:
         resolve_wandb_mode("cloud", {})
 
 
+class _FakeRun:
+    """What the logger uses of a wandb run."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.logged, self.finished = mode, [], False
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+@pytest.fixture
+def fake_wandb_init(monkeypatch: pytest.MonkeyPatch):
+    """``wandb.init`` replaced (no network, no files): ``behave[mode]`` is "hang", "raise"
+    or "ok"; ``calls`` records each mode tried with its settings' init_timeout."""
+    import threading
+
+    wandb = pytest.importorskip("wandb")
+    behave: dict[str, str] = {}
+    calls: list[tuple[str, float]] = []
+    release = threading.Event()
+
+    def init(mode: str, settings: object, **kw: object) -> _FakeRun:
+        calls.append((mode, settings.init_timeout))  # type: ignore[attr-defined]
+        what = behave.get(mode, "ok")
+        if what == "hang":  # as a node without internet: no answer
+            release.wait(60)
+            raise RuntimeError("released")
+        if what == "raise":
+            raise wandb.errors.CommError("Timed out while retrying: Post https://api.wandb.ai")
+        return _FakeRun(mode)
+
+    monkeypatch.setattr(wandb, "init", init)
+    yield behave, calls
+    release.set()
+
+
+def test_wandb_start_never_hangs_or_raises(tmp_path: Path, fake_wandb_init) -> None:
+    behave, calls = fake_wandb_init
+    key = {"WANDB_API_KEY": "k" * 40}
+    warned: list[str] = []
+    init = {"project": "p", "dir": str(tmp_path)}
+    # online hangs: after the timeout, offline (one warning line)
+    behave["online"] = "hang"
+    run = start_wandb("online", init, warned.append, timeout=0.5, env=key)
+    assert run is not None and run.mode == "offline"
+    assert [m for m, _ in calls] == ["online", "offline"] and calls[0][1] == 0.5
+    assert len(warned) == 1 and "W&B online did not start" in warned[0]
+    assert "no answer after 0.5 s" in warned[0] and "offline" in warned[0]
+    # online raises (no network): offline
+    behave["online"] = "raise"
+    calls.clear(), warned.clear()
+    assert start_wandb("online", init, warned.append, timeout=5, env=key).mode == "offline"
+    assert len(warned) == 1 and "CommError" in warned[0]
+    # offline fails too: W&B off, the run goes on
+    behave["offline"] = "raise"
+    warned.clear()
+    assert start_wandb("online", init, warned.append, timeout=5, env=key) is None
+    assert len(warned) == 2 and "W&B is off for this run" in warned[1]
+
+
+def test_wandb_online_without_a_key_is_one_warning_and_offline(tmp_path: Path,
+                                                                fake_wandb_init) -> None:
+    behave, calls = fake_wandb_init
+    no_key = {"NETRC": str(tmp_path / "no-netrc")}
+    assert not has_wandb_key(no_key)
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password " + "k" * 40)
+    assert has_wandb_key({"NETRC": str(tmp_path / "netrc")})  # what `wandb login` writes
+    assert has_wandb_key({"WANDB_API_KEY": "k"})
+    warned: list[str] = []
+    run = start_wandb("online", {"dir": str(tmp_path)}, warned.append, env=no_key)
+    assert run.mode == "offline" and [m for m, _ in calls] == ["offline"]  # never online
+    assert len(warned) == 1 and "no W&B API key" in warned[0] and "wandb login" in warned[0]
+
+
+def test_logger_with_a_hanging_wandb_logs_to_its_file(tmp_path: Path, fake_wandb_init,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    behave, calls = fake_wandb_init
+    behave["online"] = behave["offline"] = "hang"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    lines: list[str] = []
+    logger = MetricsLogger(tmp_path, 10, "online", echo=lines.append, wandb_timeout=0.3)
+    logger.log(1, {"loss": 1.0, "norm_loss": 0.5, "cos": 0.1, "lr": 1e-3, "data_wait": 0.0})
+    logger.close()
+    assert [m for m, _ in calls] == ["online", "offline"]
+    assert sum(line.startswith("warning: W&B") for line in lines) == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+
+
 def test_progress_line_and_jsonl(tmp_path: Path) -> None:
     lines: list[str] = []
-    logger = MetricsLogger(tmp_path, total_steps=100, echo=lines.append)
-    m = {"loss": 0.5, "norm_loss": 0.25, "cos": 0.9, "lr": 1e-4, "clips_per_s": 12.5,
-         "data_wait": 0.1, "eta_s": 3725.0}
-    logger.log(10, m)
-    logger.log(20, m)
+    logger = MetricsLogger(tmp_path, total_steps=100, echo=lines.append, batch_size=8)
+    m = {"loss": 0.5, "norm_loss": 0.25, "cos": 0.9, "grad_norm": 1.5, "lr": 1e-4,
+         "data_wait": 0.1}
+    logger.log(10, {**m, "clips": 80, "interval_s": 8.0})  # 10 clips/s
+    logger.log(20, {**m, "clips": 80, "interval_s": 2.0})  # 40 clips/s: one fast interval
     logger.close()
-    assert lines[0] == progress_line(10, 100, m)
-    for part in ("step 10/100", "loss 0.5000", "norm 0.2500", "lr 1.00e-04", "12.5 clips/s",
-                 "data wait 10%", "eta 1:02:05"):
-        assert part in lines[0]
     recs = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in recs] == [10, 20] and recs[0]["loss"] == 0.5
-    # A resume at step 10 drops what the killed run logged after its checkpoint.
-    MetricsLogger(tmp_path, 100, resume_step=10, echo=lines.append).close()
+    assert [r["clips_per_s"] for r in recs] == [10.0, 40.0]
+    # The ETA comes from the run's rate (160 clips / 10 s), not the last interval's: 80 steps
+    # x 8 clips / 16 clips/s = 40 s (the last interval alone would say 16 s).
+    assert recs[0]["eta_s"] == pytest.approx(90 * 8 / 10) and recs[1]["eta_s"] == 40.0
+    assert lines[1] == progress_line(20, 100, recs[1], 16.0)
+    for part in ("step 20/100", "loss 0.5000", "nloss 0.2500", "gnorm 1.5", "lr 1.00e-04",
+                 "40.0 clips/s (run 16.0)", "data wait 10%", "eta 0:00:40"):
+        assert part in lines[1], (part, lines[1])
+    # A resume at step 10 drops what the killed run logged after its checkpoint, and the
+    # run's rate goes on from the records it keeps.
+    again = MetricsLogger(tmp_path, 100, resume_step=10, echo=lines.append, batch_size=8)
+    assert again.run.clips_per_s == 10.0
+    again.close()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10]
     assert format_duration(2 * 86400 + 5) == "2d00:00:05"
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
@@ -172,7 +275,7 @@ def test_tar_index_matches_tarfile_and_reads_exact_frames(tmp_path: Path) -> Non
     import tarfile
 
     from salt_vla.cache.frames import FramesTarWriter, decode_jpeg, encode_jpeg
-    from salt_vla.trainer.tar_frames import FramesIndexError, TarFrames, _members
+    from salt_vla.cache.frames_reader import FramesIndexError, TarFrames, scan_members
 
     rng = np.random.default_rng(0)
     clips = {r: rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8) for r in (7, 8, 12)}
@@ -185,7 +288,7 @@ def test_tar_index_matches_tarfile_and_reads_exact_frames(tmp_path: Path) -> Non
         writer.close()
     with tarfile.open(path) as tar:
         want = [(m.name.encode(), m.offset_data, m.size) for m in tar if m.isfile()]
-    assert _members(path) == want
+    assert scan_members(path) == want
     frames = TarFrames([path])
     assert frames.rows.tolist() == [7, 8, 12]
     for r, clip in clips.items():

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from salt_vla.errors import ConfigError
+from salt_vla.runs.rundir import checkpoints, loss_curve, read_heartbeat
 from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
-from salt_vla.trainer.experiments import ConfigError, resolve
-from salt_vla.trainer.heartbeat import read_heartbeat
-from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, loss_curve, train
+from salt_vla.trainer.experiments import resolve
+from salt_vla.trainer.loop import NonFiniteLoss, RunSpec, train
 from salt_vla.trainer.sources import memory_sources
 
 # A small, fast student/predictor for loop mechanics (the "tiny" preset's data shapes).
@@ -85,8 +86,26 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path: Path, clips: tuple) -> 
     assert [p.name for p in saved] == ["nonfinite-step1.pt"]
     assert load_checkpoint(saved[0])["step"] == 0
     assert not (tmp_path / "ckpt.pt").exists()
+    # every file the message names exists (it used to name a ckpt.pt never written)
+    assert "no regular checkpoint was written before it" in str(e.value)
+    assert str(tmp_path / "ckpt.pt") not in str(e.value)
     beat = read_heartbeat(tmp_path)
     assert beat["status"] == "failed" and "NonFiniteLoss" in beat["error"]
+
+
+def test_non_finite_stop_names_the_last_checkpoint_that_exists(tmp_path: Path,
+                                                               clips: tuple) -> None:
+    frames, targets = clips
+    sets = ["max_steps=8", "batch_size=4", "limit_rows=16"]
+    run(tmp_path, clips, sets + ["stop_at=3"])  # a regular checkpoint at step 3
+    bad = targets.copy()
+    bad[:] = np.nan  # then the data turns bad
+    with pytest.raises(NonFiniteLoss) as e:
+        run(tmp_path, (frames, bad), sets, resume="yes")
+    msg = str(e.value)
+    named = [w.rstrip(".;,") for w in msg.split() if w.startswith(str(tmp_path))]
+    assert len(named) == 2 and all(Path(p).is_file() for p in named), msg
+    assert f"the last regular checkpoint is {tmp_path / 'ckpt.pt'}" in msg
 
 
 def test_skip_nonfinite_tolerates_bad_batches(tmp_path: Path, clips: tuple) -> None:
@@ -116,14 +135,76 @@ def test_batch_64_through_workers(tmp_path: Path, clips: tuple) -> None:
     assert [s for s, _ in recs] == [1, 2]
 
 
-def test_sigterm_stops_with_a_checkpoint(tmp_path: Path, clips: tuple) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_with_a_checkpoint_and_its_exit_code(tmp_path: Path, clips: tuple,
+                                                            sig: signal.Signals, code: int
+                                                            ) -> None:
     def echo(line: str) -> None:
         if line.startswith("step 2/"):
-            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster preemption would
+            os.kill(os.getpid(), sig)  # as a cluster preemption (or Ctrl-C) would
 
+    previous = signal.getsignal(sig)
     res = run(tmp_path, clips, ["max_steps=8", "batch_size=4"], echo=echo)
     assert 2 <= res.step < 8
+    assert res.stopped_by == sig.name and res.exit_code == code  # not 0: it did not finish
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == res.step
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert read_heartbeat(tmp_path)["status"] == "stopped"
+    assert signal.getsignal(sig) is previous  # handlers restored
     rest = run(tmp_path, clips, ["max_steps=8", "batch_size=4"], resume="yes")
-    assert rest.start_step == res.step and rest.step == 8
+    assert rest.start_step == res.step and rest.step == 8 and rest.exit_code == 0
+    planned = run(tmp_path / "planned", clips, ["max_steps=8", "batch_size=4", "stop_at=3"])
+    assert planned.step == 3 and planned.exit_code == 0  # stop_at is the plan, not a stop
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_stays_exact(tmp_path: Path,
+                                                                      clips: tuple) -> None:
+    """ckpt.pt (and its step file) damaged: the resume takes the kept checkpoint before it,
+    says which it skipped and why, removes partial temp files, and the losses of the steps it
+    redoes are those of an uninterrupted run."""
+    torch.set_num_threads(1)
+    sets = ["max_steps=8", "batch_size=4", "limit_rows=16", "ckpt_every=2"]
+    full = run(tmp_path / "full", clips, sets)
+    part_dir = tmp_path / "part"
+    part = run(part_dir, clips, sets + ["stop_at=6"])
+    assert [s for s, _ in checkpoints(part_dir)] == [2, 4, 6]  # keep_checkpoints=2 + latest
+    with open(part_dir / "ckpt.pt", "r+b") as f:  # damaged in place (ckpt-000006.pt too)
+        f.truncate(1000)
+    stale = part_dir / ".ckpt.pt.tmp-4242-abcd"  # left by a checkpoint write a kill cut short
+    stale.write_bytes(b"\0" * 4096)
+    lines: list[str] = []
+    rest = run(part_dir, clips, sets, resume="yes", echo=lines.append)
+    assert not stale.exists()
+    assert any(str(stale) in line and "removed" in line for line in lines)
+    warned = [line for line in lines if line.startswith("warning: skipped")]
+    assert len(warned) == 1 and str(part_dir / "ckpt.pt") in warned[0]
+    assert "truncated" in warned[0] and "ckpt-000004.pt" in warned[0]
+    assert rest.start_step == 4 and rest.step == 8
+    assert part.losses[:4] + rest.losses == full.losses  # bitwise, step by step
+    assert loss_curve(part_dir) == loss_curve(tmp_path / "full")
+    assert load_checkpoint(part_dir / "ckpt.pt")["step"] == 8  # rewritten as the run went on
+
+
+def test_keep_checkpoints_and_snapshots(tmp_path: Path, clips: tuple) -> None:
+    run(tmp_path, clips, ["max_steps=12", "batch_size=4", "limit_rows=16", "ckpt_every=2",
+                          "keep_checkpoints=1", "snapshot_every=3"])
+    # checkpoints at 2, 4, 6, 8, 10, 12 and the snapshots 3, 6, 9, 12; kept: the snapshots,
+    # the latest (12) and the one before it (10)
+    assert [s for s, _ in checkpoints(tmp_path)] == [3, 6, 9, 10, 12]
+    assert all(load_checkpoint(p)["step"] == s for s, p in checkpoints(tmp_path))
+
+
+def test_a_run_that_dies_while_starting_shows_as_failed(tmp_path: Path, clips: tuple,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat is written before the logger (W&B) starts: a start that dies is a failed
+    run in `salt status`, not a live one without a heartbeat."""
+    from salt_vla.runs.status import run_status
+    from salt_vla.trainer import loop
+
+    def dies(*a: object, **k: object) -> None:
+        raise RuntimeError("the logger died while starting")
+
+    monkeypatch.setattr(loop, "MetricsLogger", dies)
+    with pytest.raises(RuntimeError, match="died while starting"):
+        run(tmp_path, clips, ["max_steps=2", "batch_size=4"])
+    st = run_status(tmp_path)
+    assert st.state == "failed" and "died while starting" in st.message and st.exit_code == 1

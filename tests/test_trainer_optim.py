@@ -55,3 +55,31 @@ def test_no_weight_decay_on_norms_biases_and_mask_token() -> None:
     assert no_decay["weight_decay"] == 0.0
     assert all(g["lr"] == lr for g in opt.param_groups)
     assert math.isclose(opt.defaults["betas"][1], 0.95)
+
+
+def test_extension_legs_stretch_the_rest_of_the_cosine() -> None:
+    from salt_vla.trainer.schedules import progress
+
+    lr, floor, warmup = 1.0, 0.1, 10
+    # One leg is exactly the plain schedule.
+    for step in range(0, 120, 7):
+        assert lr_at(step, 100, warmup, lr, floor, [(0, 100)]) == lr_at(step, 100, warmup, lr,
+                                                                          floor)
+    # Stopped at 40 of 100, extended to 200: unchanged before 40, continuous at 40, then the
+    # remaining part of the cosine spread over 40..200, ending at the floor.
+    legs = [(0, 100), (40, 200)]
+    for step in range(0, 41, 5):
+        assert lr_at(step, 200, warmup, lr, floor, legs) == lr_at(step, 100, warmup, lr, floor)
+    p40 = progress(40, warmup, [(0, 100)])
+    assert progress(120, warmup, legs) == pytest.approx(p40 + (1 - p40) * 0.5)
+    assert lr_at(200, 200, warmup, lr, floor, legs) == pytest.approx(floor)
+    values = [lr_at(s, 200, warmup, lr, floor, legs) for s in range(40, 201)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # still decaying
+    # A finished run extended stays at the end values; extending during warmup only moves
+    # the cosine's end (warmup keeps its length).
+    assert lr_at(150, 200, warmup, lr, floor, [(0, 100), (100, 200)]) == pytest.approx(floor)
+    assert weight_decay_at(150, 200, 0.04, 0.4, [(0, 100), (100, 200)]) == pytest.approx(0.4)
+    early = [(0, 100), (5, 200)]
+    assert lr_at(9, 200, warmup, lr, floor, early) == pytest.approx(lr)
+    assert lr_at(105, 200, warmup, lr, floor, early) == pytest.approx(
+        lr_at(105, 200, warmup, lr, floor))

@@ -16,12 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from salt_vla.cache.latent_store import CacheMismatchError, LatentStore
+from salt_vla.cache.latent_store import LatentStore
+from salt_vla.cache.store import CacheMismatchError, check_store
 from salt_vla.cli import app
+from salt_vla.runs.rundir import loss_curve
 from salt_vla.trainer.checkpoint import load_checkpoint
 from salt_vla.trainer.experiments import resolve
-from salt_vla.trainer.loop import RunSpec, loss_curve, train
-from salt_vla.trainer.sources import check_store, open_store
+from salt_vla.trainer.loop import RunSpec, train
+from salt_vla.trainer.sources import open_cached, store_expectation
 
 # Fast model for mechanics tests (the store's shapes are the tiny preset's).
 SMALL = ["student_dim=64", "student_depth=1", "student_heads=2", "predictor_width=32",
@@ -43,17 +45,23 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny store `salt cache build` makes from ``synth_root`` (vit_tiny random teacher,
     view tiny-8x64, 32 rows in two shards)."""
+    out = build_store(synth_root, tmp_path_factory.mktemp("trainer_store") / "cache",
+                      "random:vit_tiny:0")
+    assert len(LatentStore(out).valid_rows) == 32
+    return out
+
+
+def build_store(root: Path, out: Path, teacher: str) -> Path:
+    """`salt cache build` of ``root`` into ``out``: view tiny-8x64, vit_tiny ``teacher``,
+    16-row shards."""
     from salt_vla.cache.build import BuildConfig, build_cache
     from salt_vla.cache.pipeline import PipelineConfig
     from salt_vla.data.view import VIEW_PRESETS
 
-    out = tmp_path_factory.mktemp("trainer_store") / "cache"
-    build_cache(BuildConfig(data_root=synth_root, out=out, teacher="random:vit_tiny:0",
-                            teacher_arch="vit_tiny", view=VIEW_PRESETS["tiny-8x64"],
-                            shard_size=16, device="cpu", show_progress=False,
-                            pipeline=PipelineConfig(batch_size=8, workers=1)),
+    build_cache(BuildConfig(data_root=root, out=out, teacher=teacher, teacher_arch="vit_tiny",
+                            view=VIEW_PRESETS["tiny-8x64"], shard_size=16, device="cpu",
+                            show_progress=False, pipeline=PipelineConfig(batch_size=8, workers=1)),
                 log=lambda msg: None)
-    assert len(LatentStore(out).valid_rows) == 32
     return out
 
 
@@ -86,21 +94,21 @@ def test_cached_training_never_builds_a_teacher(store: Path, tmp_path: Path,
 
 def test_store_mismatches_are_refused_naming_both_values(store: Path, tmp_path: Path) -> None:
     meta = LatentStore(store).meta
-    check_store(resolve("tiny"), meta, store)  # the matching config passes
+    check_store(meta, store_expectation(resolve("tiny"), meta), store)  # the matching config passes
     with pytest.raises(CacheMismatchError) as e:
-        check_store(resolve("tiny", ["teacher_dim=768"]), meta, store)
+        check_store(meta, store_expectation(resolve("tiny", ["teacher_dim=768"]), meta), store)
     assert "store 192" in str(e.value) and "teacher_dim=768" in str(e.value)
     with pytest.raises(CacheMismatchError) as e:
-        check_store(resolve("tiny", ["patch=8"]), meta, store)
+        check_store(meta, store_expectation(resolve("tiny", ["patch=8"]), meta), store)
     assert "store (4, 4, 4)" in str(e.value) and "config (4, 8, 8)" in str(e.value)
     with pytest.raises(CacheMismatchError) as e:
-        open_store(resolve("tiny", ["view=tiny-8x64-mv2"]), store)
+        open_cached(resolve("tiny", ["view=tiny-8x64-mv2"]), store)
     msg = str(e.value)
     assert meta["view"]["hash"] in msg and "'tiny-8x64-mv2'" in msg
     from salt_vla.data.view import VIEW_PRESETS
     assert VIEW_PRESETS["tiny-8x64-mv2"].hash() in msg
     # A cache built with custom view flags: view=store adopts its spec (still hash-checked).
-    assert open_store(resolve("tiny", ["view=store"]), store).grid.as_tuple() == (4, 4, 4)
+    assert open_cached(resolve("tiny", ["view=store"]), store).grid.as_tuple() == (4, 4, 4)
     # And through the CLI, before any training step.
     result = CliRunner().invoke(app, ["train", "--exp", "tiny", "--cache", str(store),
                                       "--out", str(tmp_path / "r"), "--set", "teacher_dim=384"])
@@ -111,7 +119,7 @@ def test_store_mismatches_are_refused_naming_both_values(store: Path, tmp_path: 
 
 def test_failed_rows_are_skipped(cache_store: Path, tmp_path: Path) -> None:
     """The shared cache fixture has 3 undecodable videos: training uses the other rows."""
-    src = open_store(resolve("tiny"), cache_store)
+    src = open_cached(resolve("tiny"), cache_store)
     assert len(src.rows) == len(LatentStore(cache_store).valid_rows) < len(LatentStore(
         cache_store))
     cfg = resolve("tiny", SMALL + ["max_steps=3", "batch_size=4", "num_workers=0"])
@@ -215,6 +223,147 @@ def test_two_process_ddp_matches_one_process(store: Path, tmp_path: Path) -> Non
 
 def test_online_targets_run_the_teacher_on_videos(synth_root: Path, tmp_path: Path) -> None:
     cfg = resolve("tiny", SMALL + ["max_steps=2", "batch_size=4", "num_workers=1",
-                                   "targets=online", "teacher_ckpt=random:vit_tiny:0"])
+                                   "targets=online", "teacher=random:vit_tiny:0"])
     res = train(cfg, RunSpec(out=tmp_path, data=synth_root), echo=lambda s: None)
     assert res.step == 2 and all(np.isfinite(res.losses))
+
+
+# --- a run bound to its data; the store checked at start; exit codes -------------------------
+
+
+@pytest.fixture(scope="module")
+def other_store(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same videos, view and row count as ``store``, another (random) teacher."""
+    return build_store(synth_root, tmp_path_factory.mktemp("trainer_store_b") / "cache",
+                       "random:vit_tiny:1")
+
+
+def test_resume_on_another_store_is_refused_and_changes_nothing(
+        store: Path, other_store: Path, tmp_path: Path) -> None:
+    from salt_vla.cache.format import read_manifest
+    from salt_vla.trainer.checkpoint import CheckpointError
+
+    a, b = read_manifest(store), read_manifest(other_store)
+    assert a["rows"]["count"] == b["rows"]["count"] and a["identity_sha256"] != b["identity_sha256"]
+    sets = SMALL + ["max_steps=4", "stop_at=2", "batch_size=4", "num_workers=0"]
+    train(resolve("tiny", sets), RunSpec(out=tmp_path, cache=store), echo=lambda s: None)
+    ident = load_checkpoint(tmp_path / "ckpt.pt")["data"]["identity"]
+    assert ident["identity_sha256"] == a["identity_sha256"]
+    assert ident["teacher_sha256"] == "random:vit_tiny:0"
+    assert ident["view_hash"] == a["view"]["hash"]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError) as e:
+        train(resolve("tiny", sets), RunSpec(out=tmp_path, cache=other_store, resume="yes"),
+              echo=lambda s: None)
+    msg = str(e.value)
+    for fact in (a["identity_sha256"], b["identity_sha256"], str(store), str(other_store),
+                 "random:vit_tiny:0", "random:vit_tiny:1", f"--cache {store}"):
+        assert fact in msg, (fact, msg)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # config.json (and everything else) as it was
+    # its own store still resumes
+    res = train(resolve("tiny", sets[:-3] + ["batch_size=4", "num_workers=0"]),
+                RunSpec(out=tmp_path, cache=store, resume="yes"), echo=lambda s: None)
+    assert res.start_step == 2 and res.step == 4
+
+
+def test_online_runs_record_the_teacher_file_sha256(synth_root: Path, tmp_path: Path) -> None:
+    """A teacher checkpoint replaced at the same path (same config) is another teacher."""
+    from salt_vla.models.teacher import TeacherSpec, load_teacher
+    from salt_vla.trainer.checkpoint import CheckpointError
+
+    spec = TeacherSpec(arch="vit_tiny", num_frames=8, img_size=64, tubelet=2, patch=16)
+    path = tmp_path / "teacher.pth"
+    first = load_teacher("random:vit_tiny:0", spec, device="cpu")
+    first.save_checkpoint(path)
+    sets = SMALL + ["max_steps=2", "stop_at=1", "batch_size=4", "num_workers=0",
+                    "targets=online", f"teacher={path}", "teacher_arch=vit_tiny"]
+    out = tmp_path / "run"
+    train(resolve("tiny", sets), RunSpec(out=out, data=synth_root), echo=lambda s: None)
+    sha = load_checkpoint(out / "ckpt.pt")["data"]["identity"]["teacher_sha256"]
+    assert sha == load_teacher(path, spec, device="cpu").sha256 and len(sha) == 64
+    load_teacher("random:vit_tiny:1", spec, device="cpu").save_checkpoint(path)
+    config = (out / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match="teacher_sha256 differ") as e:
+        train(resolve("tiny", sets), RunSpec(out=out, data=synth_root, resume="yes"),
+              echo=lambda s: None)
+    assert sha in str(e.value) and load_teacher(path, spec, device="cpu").sha256 in str(e.value)
+    assert (out / "config.json").read_bytes() == config
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_shard_file_is_refused_before_step_one(store: Path, tmp_path: Path,
+                                                         damage: str) -> None:
+    import shutil
+
+    from salt_vla.trainer.sources import StoreStructureError
+
+    copy = tmp_path / "cache"
+    shutil.copytree(store, copy)
+    shard = copy / "latents.zarr" / "c" / "1" / "0" / "0"
+    if damage == "truncate":
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size - 100)
+    else:
+        shard.unlink()
+    out = tmp_path / "run"
+    with pytest.raises(StoreStructureError) as e:
+        train(resolve("tiny", SMALL + ["max_steps=4", "batch_size=4", "num_workers=0"]),
+              RunSpec(out=out, cache=copy), echo=lambda s: None)
+    msg = str(e.value)
+    assert str(shard) in msg and f"salt cache verify {copy}" in msg
+    assert ("truncated" in msg) if damage == "truncate" else ("missing" in msg)
+    assert not out.exists()  # refused before anything was written, let alone step 1
+    result = CliRunner().invoke(app, train_args(copy, out, SMALL + ["max_steps=4"]))
+    assert result.exit_code == 1 and str(shard) in result.output
+
+
+def test_cli_exits_143_after_a_sigterm_checkpoint(store: Path, tmp_path: Path) -> None:
+    """A scheduler (or `salt train && salt export`) tells a preempted run from a finished one."""
+    import threading
+
+    out = tmp_path / "run"
+
+    def preempt() -> None:  # once the loop runs (its handler is installed), as SLURM would
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not loss_curve(out):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=preempt)
+    t.start()
+    result = CliRunner().invoke(app, train_args(store, out, SMALL + [
+        "max_steps=200", "batch_size=4", "num_workers=0", "log_every=1"]))
+    t.join()
+    assert result.exit_code == 143, result.output
+    assert "SIGTERM received" in result.output
+    step = load_checkpoint(out / "ckpt.pt")["step"]
+    assert 1 <= step < 200
+
+
+def test_cli_wandb_online_without_a_key_warns_and_trains(store: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    modes: list[str] = []
+
+    class Run:
+        def log(self, *a: object, **k: object) -> None: ...
+
+        def finish(self) -> None: ...
+
+    def init(mode: str, **kw: object) -> Run:
+        modes.append(mode)
+        return Run()
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    args = train_args(store, tmp_path / "run", SMALL + ["max_steps=2", "batch_size=4",
+                                                        "num_workers=0"])
+    args[args.index("--wandb") + 1] = "online"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert modes == ["offline"]
+    warnings = [line for line in result.output.splitlines() if "W&B API key" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --wandb online")
+    assert "Traceback" not in result.output

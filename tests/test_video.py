@@ -109,6 +109,65 @@ def test_bad_files_raise_video_decode_error_naming_the_file(bad_files, backend, 
         assert info.value.cause and cause in info.value.cause
 
 
+@pytest.fixture(scope="module")
+def not_videos(tmp_path_factory) -> dict[str, Path]:
+    """Things at a video's path that are not videos, keyed by what they are (a one-frame
+    WebM is a video: ``decord_rejects`` below)."""
+    import os
+
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("not_videos")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8))
+    paths = {}
+    for name, fmt in (("png", "PNG"), ("jpeg", "JPEG"), ("ppm", "PPM")):
+        paths[name] = out / f"{name}.webm"  # a picture renamed .webm
+        with open(paths[name], "wb") as f:
+            img.save(f, format=fmt)
+    paths["directory"] = out / "directory.webm"
+    paths["directory"].mkdir()
+    paths["fifo"] = out / "fifo.webm"
+    os.mkfifo(paths["fifo"])  # opening it for reading would wait forever
+    paths["broken-link"] = out / "broken-link.webm"
+    paths["broken-link"].symlink_to(out / "gone.webm")
+    return paths
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("png", "is a still image (PNG data), not a video"),
+        ("jpeg", "is a still image (JPEG data), not a video"),
+        ("ppm", "is a still image (FFmpeg reads it as ppm_pipe)"),
+        ("directory", "is a directory, not a video file"),
+        ("fifo", "is a FIFO (named pipe), not a regular file"),
+        ("broken-link", "broken symbolic link"),
+    ],
+)
+def test_what_is_not_a_video_is_refused_with_its_own_reason(not_videos, backend, name, cause):
+    """A PNG renamed .webm used to become 8 identical grey frames; a directory or FIFO was
+    "file not found"."""
+    if backend == "decord" and name == "ppm":
+        pytest.skip("decord alone refuses it with its own words (no frame count)")
+    with pytest.raises(VideoDecodeError) as info:
+        decode_frames(not_videos[name], [0], backend)
+    assert cause in info.value.cause and str(not_videos[name]) in str(info.value)
+    assert "not found" not in info.value.cause
+
+
+def test_an_unreadable_file_says_permission_denied(sample_videos, monkeypatch):
+    path = sample_videos["clip20"].path
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)  # root reads any file: simulate a chmod 000
+    with pytest.raises(VideoDecodeError) as info:
+        probe_video(path)
+    assert "permission denied" in info.value.cause and "chmod" in info.value.cause
+
+
 def test_audio_only_file_says_there_is_no_video_stream(bad_files):
     with pytest.raises(VideoDecodeError, match="no video stream"):
         probe_video(bad_files["audio-only"], "pyav")

@@ -4,12 +4,17 @@ Rows are ``(video, view)`` pairs in split order: row ``v * n_views + k`` is view
 ``v``-th video (after ``limit``). Rows never move: a video that fails to decode keeps its row,
 which stays empty (NaN fill in zarr) and is listed in failures.jsonl, so shard contents, and
 with them every byte of the store, depend only on the split, the view and the teacher.
+
+Before anything is written, :func:`plan_build` says what the build will cost (rows, shards,
+bytes of latents and frames, free space, decode and teacher settings, and with ``estimate``
+the wall time measured on a short sample); a build prints the same lines first and refuses a
+destination that is not writable or too small for the latents (``force`` skips the check).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,6 +26,7 @@ import numpy as np
 from salt_vla import __version__
 from salt_vla.cache.decode_pool import DecodeTask, Loader, ViewLoader
 from salt_vla.cache.dist import BuildRanks, build_ranks
+from salt_vla.cache.estimate import Destination, StoreSize, format_size, probe_destination
 from salt_vla.cache.format import StorePaths, read_json, shard_rows
 from salt_vla.cache.frames import JPEG_QUALITY, JPEG_SUBSAMPLING_NAME
 from salt_vla.cache.pipeline import PipelineConfig, PipelineStats, TeacherFn, run_pipeline
@@ -60,6 +66,10 @@ class BuildConfig:
     command: tuple[str, ...] = ()
     show_progress: bool = True
     manifest_interval: float = 10.0  # seconds between cache.json refreshes during the build
+    tubelet: int = 2  # the teacher's token geometry (a stage-1 teacher records its own)
+    patch: int = 16
+    force: bool = False  # build even where the destination check says it will not fit
+    estimate: int = 0  # time this many videos through the pipeline first (plan_build)
 
 
 @dataclass
@@ -80,16 +90,28 @@ class BuildResult:
     def videos_per_s(self) -> float:
         return self.rows_done / self.seconds if self.seconds > 0 else 0.0
 
+    def summary_lines(self) -> list[str]:
+        """What ``salt cache build`` prints when it is done."""
+        from salt_vla.cache.progress import format_bytes
+
+        lines = [
+            f"done: {self.rows_done} rows in {self.seconds:.1f} s ({self.videos_per_s:.1f} "
+            f"videos/s), {format_bytes(self.bytes_written)} written, {self.failures} failures"
+            + (f", {self.rows_skipped} rows already committed" if self.rows_skipped else ""),
+            f"cache: {self.root} ({self.status}); check it with `salt cache verify "
+            f"{self.root}`",
+        ]
+        if self.failures:
+            lines.append(f"failures: {self.root / 'failures.jsonl'}")
+        return lines
+
 
 def resolve_device(device: str, ranks: BuildRanks) -> str:
-    """"auto" -> this rank's GPU when CUDA is available, else "cpu"."""
-    import torch
+    """The teacher's device for this rank: ``auto``/``cuda`` -> this rank's GPU (CPU for
+    ``auto`` without CUDA); ``cpu`` and ``cuda:N`` as given."""
+    from salt_vla.distributed import pick_device
 
-    if device == "auto":
-        return f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and ranks.distributed:
-        return f"cuda:{ranks.local_rank}"
-    return device
+    return str(pick_device(device, ranks.local_rank))
 
 
 def make_teacher_fn(teacher: Any, device: str, dtype: str = "float16") -> TeacherFn:
@@ -160,16 +182,22 @@ def plan_rows(index: Any, n_views: int, limit: int | None) -> tuple[list[str], l
     return ids, views, labels, paths
 
 
+def _check_config(cfg: BuildConfig) -> None:
+    if cfg.dtype not in STORE_DTYPES:
+        raise CacheBuildError(f"--dtype {cfg.dtype}: choose one of {', '.join(STORE_DTYPES)}")
+    if cfg.shard_size < 1 or cfg.pipeline.batch_size < 1:
+        raise CacheBuildError("--shard-size and --batch-size must be >= 1")
+    if cfg.estimate < 0:
+        raise CacheBuildError(f"--estimate takes a number of videos >= 1, got {cfg.estimate}")
+
+
 def build_cache(cfg: BuildConfig, *, loader: Loader | None = None,
                 log: Callable[[str], None] | None = None) -> BuildResult:
     """Build (or resume) the cache of ``cfg.split`` at ``cfg.out``. Under torchrun every
     rank calls this; rank 0 creates and finalises the store. ``loader`` replaces the video
     loader (tests inject failures with it). Raises CacheBuildError with the fix."""
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    if cfg.dtype not in STORE_DTYPES:
-        raise CacheBuildError(f"--dtype {cfg.dtype}: choose one of {', '.join(STORE_DTYPES)}")
-    if cfg.shard_size < 1 or cfg.pipeline.batch_size < 1:
-        raise CacheBuildError("--shard-size and --batch-size must be >= 1")
+    _check_config(cfg)
     ranks = build_ranks()
     try:
         return _build(cfg, ranks, loader, say)
@@ -187,9 +215,28 @@ def _build(cfg: BuildConfig, ranks: BuildRanks, loader: Loader | None,
     ids, views, labels, paths = plan_rows(index, view.n_views, cfg.limit)
     if not ids:
         raise CacheBuildError(f"no videos to cache in {cfg.data_root} split {cfg.split}")
+    root = cfg.out
+    fresh = not (root / "cache.json").exists()
+    # Rank 0 says what the build will cost and checks the destination before the teacher
+    # (maybe gigabytes) is loaded; every rank learns the outcome.
+    err, plan = None, None
+    if ranks.rank == 0:
+        try:
+            plan = plan_build(cfg, index, world=ranks.world)
+            for line in plan.lines():
+                say(line)
+            if fresh:
+                for line in plan.check():
+                    say(line)
+        except CacheBuildError as e:
+            err = str(e)
+    err = ranks.broadcast(err)
+    if err is not None:
+        raise CacheBuildError(err)
     device = resolve_device(cfg.device, ranks)
     spec = TeacherSpec(arch=cfg.teacher_arch, num_frames=view.num_frames, img_size=view.size,
-                       layer=cfg.layer, target_norm=cfg.target_norm)
+                       tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.layer,
+                       target_norm=cfg.target_norm)
     try:
         teacher = load_teacher(cfg.teacher, spec, device=device)
     except (ValueError, OSError) as e:
@@ -218,17 +265,20 @@ def _build(cfg: BuildConfig, ranks: BuildRanks, loader: Loader | None,
         tool_version=__version__,
     )
     manifest["teacher_source"] = str(source)
-    root = cfg.out
 
     # Rank 0 locks, creates or validates the store; every rank learns the outcome.
     err = None
     lock = StoreLock(root)
     if ranks.rank == 0:
         try:
-            if root.exists() and not (root / "cache.json").exists():
+            if root.exists() and fresh:
                 prepare_store(root, manifest, check_only=True)  # refuse a foreign directory
             lock.__enter__()
             manifest = prepare_store(root, manifest)
+            if not fresh and plan is not None:  # a resume needs room for what is left only
+                done = len(committed_shards(root, manifest))
+                for line in replace(plan, committed=done).check():
+                    say(line)
         except CacheBuildError as e:
             lock.__exit__()
             err = str(e)
@@ -260,8 +310,6 @@ def _build_shards(cfg: BuildConfig, ranks: BuildRanks, root: Path, manifest: dic
         shard_tasks.append((i, [DecodeTask(r, str(paths[r]), ids[r], views[r])
                                 for r in shard_rows(i, rows, lat["shard_size"])]))
     n_todo = sum(len(t) for _, t in shard_tasks)
-    if ranks.rank == 0:
-        _preflight_space(root, manifest, len(todo) * ranks.world, say)
     say(f"[rank {ranks.rank}/{ranks.world}] {len(mine)} shards: {len(done)} committed, "
         f"{len(todo)} to build ({n_todo} rows) on {device}")
 
@@ -326,19 +374,210 @@ def _build_shards(cfg: BuildConfig, ranks: BuildRanks, root: Path, manifest: dic
     )
 
 
-def _preflight_space(root: Path, manifest: dict[str, Any], shards_left: int,
-                     say: Callable[[str], None]) -> None:
-    """Warn (not fail: frames sizes are estimates) when the disk looks too small."""
-    lat = manifest["latents"]
-    itemsize = 2 if lat["dtype"] == "float16" else 4
-    per_row = lat["tokens"] * lat["dim"] * itemsize
-    fr = manifest["frames"]
-    per_row += fr["num_frames"] * fr["height"] * fr["width"] // 8  # ~JPEG q90 size
-    need = min(shards_left, lat["num_shards"]) * lat["shard_size"] * per_row
-    free = shutil.disk_usage(root).free
-    if need > free:
-        say(f"warning: the build needs about {need / 1e9:.1f} GB more but {root} has "
-            f"{free / 1e9:.1f} GB free; it will stop with 'disk full' (committed shards kept).")
+# --- what a build will cost, before it starts ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleTiming:
+    """``videos`` videos of the split run through the real pipeline (decode workers, JPEG
+    round trip, teacher, shard writer) into a temporary store that is then deleted."""
+
+    videos: int
+    rows: int
+    failed: int
+    pipeline_seconds: float  # decoders started -> last shard committed
+    startup_seconds: float  # index, teacher load, store set-up
+    decode_seconds: float  # summed over the decoder processes
+    teacher_seconds: float
+    jpeg_bytes: float | None  # mean JPEG size of a frame (None: every video failed)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build of ``cfg`` will do and take (:func:`plan_build`)."""
+
+    cfg: BuildConfig
+    videos: int
+    size: StoreSize
+    dest: Destination
+    arch: str
+    data_line: str
+    committed: int = 0  # shards a resumed build finds committed
+    world: int = 1
+    sample: SampleTiming | None = None
+    split_videos: int = 0  # videos in the split before --limit
+
+    @property
+    def limited(self) -> str:
+        return f" (--limit: of {self.split_videos})" if self.split_videos > self.videos else ""
+
+    @property
+    def shards_left(self) -> int:
+        return self.size.num_shards - self.committed
+
+    def need(self) -> tuple[int, int]:
+        """(latents, frames) bytes still to write: latents exact, frames estimated."""
+        if self.committed == 0:
+            return self.size.latents_bytes(), self.size.frames_bytes()
+        return self.size.latents_bytes(self.shards_left), self.size.frames_bytes(self.shards_left)
+
+    def lines(self) -> list[str]:
+        """The plan as text: what `salt cache build --dry-run` prints, and a build first."""
+        cfg, size = self.cfg, self.size
+        view, pipe = cfg.view, cfg.pipeline
+        lat, frames = self.need()
+        jpeg = (f"measured {size.frame_jpeg_bytes / 1e3:.1f} kB a frame on the sample"
+                if size.measured else f"rule of thumb {size.frame_jpeg_bytes / 1e3:.1f} kB a "
+                f"frame at 3 bits/pixel; --estimate N measures it")
+        resume = (f"; {self.committed} of them committed already, {self.shards_left} to build"
+                  if self.committed else "")
+        lines = [
+            self.data_line,
+            f"rows: {self.videos} videos{self.limited} x {view.n_views} view"
+            f"{'s' * (view.n_views > 1)} = {size.rows} rows in {size.num_shards} shards of "
+            f"{size.shard_size}{resume}",
+            f"latents: [{size.rows}, {size.tokens}, {size.dim}] {size.dtype} = "
+            f"{size.latent_row_bytes:,} B a row; {format_size(lat)} to write (exact, shard "
+            f"indexes included)",
+            f"frames: {view.num_frames} JPEG frames of {view.size}x{view.size} a row ({jpeg}); "
+            f"~{format_size(frames)} to write",
+            f"destination: {cfg.out}: {format_size(self.dest.free)} free at "
+            f"{self.dest.existing}; needs ~{format_size(lat + frames)}; "
+            + ("writable" if self.dest.writable else f"NOT WRITABLE: {self.dest.problem}"),
+            f"decode: {pipe.workers} decoder process{'es' * (pipe.workers != 1)} per rank"
+            f"{f' x {self.world} ranks' if self.world > 1 else ''}, backend "
+            f"{cfg.video_backend}, timeout {pipe.decode_timeout} s a video; view {view.hash()} "
+            f"({view.num_frames} frames, {view.sampling} sampling, {view.size} px)",
+            f"teacher: {cfg.teacher} ({self.arch}, block {cfg.layer}, target norm "
+            f"{'on' if cfg.target_norm else 'off'}), {pipe.batch_size} clips a batch, device "
+            f"{cfg.device}, latents stored as {cfg.dtype}",
+        ]
+        if self.sample is not None:
+            lines += self._time_lines()
+        return lines
+
+    def _time_lines(self) -> list[str]:
+        from salt_vla.cache.progress import format_seconds
+
+        t = self.sample
+        assert t is not None
+        if t.rows == 0:
+            return [f"time: every one of the {t.videos} sample videos failed to decode; no "
+                    f"estimate (see `salt data info --scan`)"]
+        rows_left = self.shards_left * self.size.shard_size if self.committed else self.size.rows
+        total = rows_left / t.rows_per_s
+        bound = "decode" if t.decode_seconds / max(1, self.cfg.pipeline.workers) > \
+            t.teacher_seconds else "teacher"
+        return [
+            f"sample: {t.videos} videos ({t.rows} rows, {t.failed} failed) in "
+            f"{t.pipeline_seconds:.1f} s = {t.rows_per_s:.2f} rows/s through the pipeline "
+            f"(decode {t.decode_seconds / max(1, t.rows + t.failed):.2f} s a row summed over "
+            f"workers, teacher {t.teacher_seconds:.1f} s in all: {bound}-bound), after "
+            f"{t.startup_seconds:.1f} s of start-up",
+            f"time: ~{format_seconds(total)} for {rows_left} rows in one process at that rate"
+            + (f", ~{format_seconds(total / self.world)} over {self.world} ranks" if
+               self.world > 1 else "; a torchrun build with N ranks (a GPU and decoders each)"
+               " takes about 1/N of it")
+            + "; a short sample includes the decoders' start-up, so it errs long",
+        ]
+
+    def check(self) -> list[str]:
+        """Raise CacheBuildError when the destination is not writable or has less free space
+        than the latents need (exact); returns warning lines (frames may not fit: they are
+        an estimate). ``cfg.force`` turns the refusals into warnings."""
+        lat, frames = self.need()
+        out, free = self.cfg.out, self.dest.free
+        fix = (f"Pass --out DIR (or set $SALT_CACHE) to a folder on a disk with "
+               f"~{format_size(lat + frames)} free (the default, <data root>/salt-cache/<split>, "
+               f"is often on a read-only data mount)")
+        problems = []
+        if not self.dest.writable:
+            problems.append(f"cannot write the cache to {out}: {self.dest.problem}. {fix}.")
+        elif lat > free:
+            problems.append(f"{out} has {format_size(free)} free but the latents alone need "
+                            f"{format_size(lat)} (+ ~{format_size(frames)} of frames). {fix}; "
+                            f"--force starts anyway (it stops with 'disk full', keeping the "
+                            f"committed shards).")
+        if problems and not self.cfg.force:
+            raise CacheBuildError(problems[0])
+        warnings = [f"warning (--force): {p}" for p in problems]
+        if not problems and lat + frames > free:
+            warnings.append(f"warning: {out} has {format_size(free)} free; the latents fit "
+                            f"({format_size(lat)}) but the frames (~{format_size(frames)}, an "
+                            f"estimate) may not. A build that fills the disk stops with 'disk "
+                            f"full' and keeps its committed shards.")
+        return warnings
+
+
+def _committed_in(root: Path) -> int:
+    """Shards committed in an existing store at ``root`` (0 when there is none)."""
+    from salt_vla.cache.format import CacheFormatError
+
+    paths = StorePaths(root)
+    if not paths.manifest.exists():
+        return 0
+    try:
+        return len(committed_shards(root, read_json(paths.manifest, "cache manifest")))
+    except (CacheFormatError, KeyError, OSError):
+        return 0  # the build itself explains what is wrong with it
+
+
+def plan_build(cfg: BuildConfig, index: Any = None, world: int = 1) -> BuildPlan:
+    """What building ``cfg`` will take, without writing to the destination: rows, shards,
+    bytes, free space, settings; with ``cfg.estimate`` > 0 also the wall time of that many
+    videos through the real pipeline (in a temporary store, deleted after). ``index``: the
+    loaded split (else loaded here); ``world``: ranks of the build."""
+    from salt_vla.models.teacher import ARCHS, TeacherSpec, parse_random_source
+
+    _check_config(cfg)
+    index = index if index is not None else _load_index(cfg)
+    view = cfg.view
+    entries = index.entries if cfg.limit is None else index.entries[:cfg.limit]
+    arch = cfg.teacher_arch
+    if cfg.teacher.startswith("random:"):
+        try:
+            arch = parse_random_source(cfg.teacher)[0]
+        except ValueError as e:
+            raise CacheBuildError(f"--teacher {cfg.teacher}: {e}") from None
+    grid = TeacherSpec(arch=arch, num_frames=view.num_frames, img_size=view.size,
+                       tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.layer).grid
+    sample = _timed_sample(cfg) if cfg.estimate > 0 else None
+    size = StoreSize(len(entries) * view.n_views, grid.num_tokens, ARCHS[arch].dim, cfg.dtype,
+                     view.num_frames, view.size, cfg.shard_size,
+                     sample.jpeg_bytes if sample is not None else None)
+    return BuildPlan(cfg, len(entries), size, probe_destination(cfg.out), arch,
+                     f"data: {index.describe()}", _committed_in(cfg.out), world, sample,
+                     len(index.entries))
+
+
+def _timed_sample(cfg: BuildConfig) -> SampleTiming:
+    """Build the first ``cfg.estimate`` videos into a temporary store and time it."""
+    from salt_vla.distributed import rank_env
+
+    if rank_env().world > 1:
+        raise CacheBuildError("--estimate times one process: run it without torchrun (the "
+                              "plan then says what N ranks take)")
+    n = cfg.estimate if cfg.limit is None else min(cfg.estimate, cfg.limit)
+    with tempfile.TemporaryDirectory(prefix="salt-estimate-") as tmp:
+        sample_cfg = replace(cfg, out=Path(tmp) / "store", limit=n, estimate=0, force=True,
+                             show_progress=False, command=("salt", "cache", "build",
+                                                           "(--estimate sample)"))
+        res = build_cache(sample_cfg, log=lambda msg: None)
+        manifest = read_json(StorePaths(sample_cfg.out).manifest, "cache manifest")
+        sizes = [n for rec in committed_shards(sample_cfg.out, manifest).values()
+                 for entry in rec["frames"]["members"] if entry for n in entry[2:]]
+    stats = res.stats[0]
+    pipeline = stats.wall_seconds
+    return SampleTiming(
+        videos=n, rows=stats.rows_ok, failed=stats.rows_failed, pipeline_seconds=pipeline,
+        startup_seconds=max(0.0, res.seconds - pipeline), decode_seconds=stats.decode_seconds,
+        teacher_seconds=stats.teacher_seconds,
+        jpeg_bytes=sum(sizes) / len(sizes) if sizes else None,
+    )
 
 
 def with_pipeline(cfg: BuildConfig, **changes: Any) -> BuildConfig:

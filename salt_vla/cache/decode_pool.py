@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from salt_vla.cache.frames import jpeg_round_trip
+from salt_vla.errors import ConfigError
 
 Loader = Callable[[str, str, int], np.ndarray]
 
@@ -142,7 +143,7 @@ class DecodePool:
                  prefetch: int = 2, quality: int = 90, expect_shape: tuple[int, ...] | None = None,
                  start_method: str = "forkserver") -> None:
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise ConfigError(f"workers must be >= 1, got {workers}")
         self.loader = loader
         self.workers = workers
         self.timeout = timeout

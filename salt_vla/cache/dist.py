@@ -6,10 +6,11 @@ group (it works with and without GPUs); the teacher runs on each rank's own devi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from salt_vla.distributed import rank_env
 
 
 @dataclass
@@ -69,8 +70,8 @@ def build_ranks(timeout_hours: float = 48.0) -> BuildRanks:
     The timeout is long because ranks wait for each other at the end of the build, and a
     168K-video build takes hours; a crashed rank makes torchrun stop the others anyway.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = rank_env()
+    if env.world <= 1:
         return BuildRanks()
     import torch.distributed as dist
 
@@ -79,4 +80,4 @@ def build_ranks(timeout_hours: float = 48.0) -> BuildRanks:
         dist.init_process_group("gloo", timeout=timedelta(hours=timeout_hours))
         here = True
     return BuildRanks(rank=dist.get_rank(), world=dist.get_world_size(),
-                      local_rank=int(os.environ.get("LOCAL_RANK", "0")), initialised_here=here)
+                      local_rank=env.local_rank, initialised_here=here)

@@ -5,9 +5,11 @@ A store is one directory per split::
     cache.json                     manifest (this module); written atomically
     latents.zarr/zarr.json         zarr v3 array metadata, [rows, tokens, dim], sharding codec
     latents.zarr/c/<shard>/0/0     one shard file per ``shard_size`` rows (see shard.py)
-    frames/shard-<shard:06d>.tar   webdataset tar of the same rows' JPEG frames (see frames.py)
+    frames/shard-<shard:06d>.tar   webdataset tar of the same rows' JPEG frames (written by
+                                   frames.py, read by frames_reader.py)
     commits/shard-<shard:06d>.json commit record of a shard: it exists only once the shard's
-                                   files are complete, renamed into place and checksummed
+                                   files are complete, renamed into place and checksummed;
+                                   it also says where each row's tar members are
     failures.jsonl                 videos that could not be decoded, one JSON object a line
     tmp/                           shards being written (never read; cleared by the next build)
 
@@ -19,15 +21,20 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from salt_vla.errors import SaltError
+from salt_vla.files import write_bytes_atomic
+
 FORMAT_NAME = "salt-vla-latent-cache"
-FORMAT_VERSION = 1
+# Version 2 added the frames member table to the commit records (and so to cache.json's shard
+# entries); a version-1 store reads the same, its tars' headers scanned instead.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST = "cache.json"
 LATENTS_DIR = "latents.zarr"
@@ -50,7 +57,7 @@ IDENTITY_KEYS = ("format", "format_version", "split", "teacher", "view", "frames
                  "rows")
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(SaltError, ValueError):
     """A store's files do not match the format (missing, malformed, or from another version)."""
 
 
@@ -188,33 +195,8 @@ def identity_digest(manifest: dict) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable (POSIX needs the directory synced too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix:
-    temp file in the same directory, fsync, os.replace, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """The store's JSON files: canonical bytes (:func:`dumps`) through the one atomic writer."""
     write_bytes_atomic(path, dumps(obj))
 
 
@@ -244,10 +226,11 @@ def read_manifest(root: Path | str) -> dict:
     meta = read_json(paths.manifest, "cache manifest")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CacheFormatError(f"{paths.manifest} is not a salt-vla cache manifest")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CacheFormatError(
             f"{paths.manifest} has format version {meta.get('format_version')}; this code "
-            f"reads version {FORMAT_VERSION}. Rebuild the cache with this version."
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Rebuild the cache with "
+            "this version."
         )
     return meta
 

@@ -1,4 +1,4 @@
-"""LatentStore: the trainer's reader of cached teacher latents, a memory map of the shard files.
+"""LatentStore: the reader of cached teacher latents, a memory map of the shard files.
 
 zarr-python decodes a sharded read through its async codec pipeline (~450 clips/s on this
 class of machine); the bytes of a row are already contiguous and uncompressed in the shard
@@ -26,17 +26,14 @@ from salt_vla.cache.format import (
     zarr_array_metadata,
 )
 from salt_vla.cache.shard import EMPTY, ShardIndexError, index_nbytes, parse_index
+from salt_vla.errors import SaltError
 
 
-class MissingRowError(KeyError):
+class MissingRowError(SaltError, KeyError):
     """A requested row has no latents (its video failed to decode, or its shard is missing)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-class CacheMismatchError(ValueError):
-    """The cache was built for another view or teacher than the caller expects."""
 
 
 class LatentStore:
@@ -47,10 +44,13 @@ class LatentStore:
     (``MissingRowError``); ``valid_rows`` lists the others.
     """
 
-    def __init__(self, root: Path | str, *, allow_incomplete: bool = False) -> None:
+    def __init__(self, root: Path | str, *, allow_incomplete: bool = False,
+                 manifest: dict[str, Any] | None = None) -> None:
+        """``manifest``: cache.json of ``root`` when the caller has read it already
+        (:func:`salt_vla.cache.store.open_store` reads it once for both readers)."""
         self.root = Path(root)
         self.paths = StorePaths(self.root)
-        self.meta: dict[str, Any] = read_manifest(self.root)
+        self.meta: dict[str, Any] = read_manifest(self.root) if manifest is None else manifest
         if self.meta.get("status") != STATUS_COMPLETE and not allow_incomplete:
             done = sum(s.get("status") == "committed" for s in self.meta.get("shards", []))
             raise CacheFormatError(
@@ -137,22 +137,6 @@ class LatentStore:
         """Frames tar of every shard, in shard order."""
         return [self.root / s["frames"]["path"] for s in self.meta["shards"]
                 if s.get("status") == "committed"]
-
-    def require(self, *, view_hash: str | None = None, tokens: int | None = None,
-                dim: int | None = None) -> None:
-        """Raise CacheMismatchError unless the store matches what the caller would produce."""
-        if view_hash is not None and view_hash != self.view_hash:
-            raise CacheMismatchError(
-                f"the cache at {self.root} was built for view {self.view_hash}, but this run "
-                f"uses view {view_hash}: the student would see other pixels than the teacher. "
-                f"Use the cache's view ({self.meta['view'].get('spec')}) or build a new cache."
-            )
-        if tokens is not None and tokens != self.tokens:
-            raise CacheMismatchError(f"the cache at {self.root} has {self.tokens} tokens per "
-                                     f"clip; this run expects {tokens}")
-        if dim is not None and dim != self.dim:
-            raise CacheMismatchError(f"the cache at {self.root} has teacher dim {self.dim}; "
-                                     f"this run expects {dim}")
 
     # --- reading --------------------------------------------------------------------------
 

@@ -49,6 +49,16 @@ class PipelineConfig:
     start_method: str = "forkserver"
 
 
+def default_decoders() -> int:
+    """Decoder processes per rank when none are asked for: this rank's share of the CPU cores
+    it may use, minus one for the process that runs the teacher and writes the store."""
+    import os
+
+    from salt_vla.distributed import rank_env
+
+    return max(1, len(os.sched_getaffinity(0)) // max(1, rank_env().local_world) - 1)
+
+
 @dataclass
 class PipelineStats:
     """What one process did (for the end-of-build summary and the benchmarks)."""

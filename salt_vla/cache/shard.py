@@ -18,12 +18,14 @@ from typing import BinaryIO
 import google_crc32c
 import numpy as np
 
+from salt_vla.errors import SaltError
+
 EMPTY = np.uint64(2**64 - 1)
 INDEX_ENTRY_BYTES = 16
 CRC_BYTES = 4
 
 
-class ShardIndexError(ValueError):
+class ShardIndexError(SaltError, ValueError):
     """A shard file's index is missing, truncated or fails its crc32c."""
 
 

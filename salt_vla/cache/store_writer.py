@@ -47,25 +47,25 @@ from salt_vla.cache.format import (
     dumps,
     frame_key,
     frames_shard_relpath,
-    fsync_dir,
     identity_digest,
     latent_shard_relpath,
     num_shards,
     read_json,
     shard_rows,
-    write_bytes_atomic,
     write_json_atomic,
     zarr_array_metadata,
 )
 from salt_vla.cache.frames import FramesTarWriter
 from salt_vla.cache.shard import ShardFileWriter
+from salt_vla.errors import SaltError
+from salt_vla.files import fsync_dir, write_bytes_atomic
 
 # Fault injection for the crash-safety tests: "<point>:<shard>" SIGKILLs this process at that
 # point of that shard's commit. Points: after-tmp, after-rename, after-record.
 CRASH_ENV = "SALT_CACHE_CRASH_AT"
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(SaltError, RuntimeError):
     """The build cannot go on; the message names the path and what to do."""
 
 
@@ -217,6 +217,13 @@ def prepare_store(root: Path, manifest: dict[str, Any], check_only: bool = False
     paths = StorePaths(root)
     if paths.manifest.exists():
         old = read_json(paths.manifest, "cache manifest")
+        if old.get("format_version") != manifest["format_version"]:
+            raise CacheBuildError(
+                f"{paths.manifest} was started by another salt-vla version (cache format "
+                f"version {old.get('format_version')}; this one writes {manifest['format_version']}"
+                f") and cannot be resumed by this one. Finish it with the version that started "
+                f"it, choose another --out, or delete {root} to rebuild."
+            )
         if old.get("identity_sha256") != manifest["identity_sha256"]:
             raise CacheBuildError(
                 f"{paths.manifest} describes another cache ({_identity_diff(old, manifest)}). "
@@ -303,6 +310,7 @@ class ShardTransaction:
         self._f_tar = _writable("creating", self._tmp_tar, open, self._tmp_tar, "wb")
         self._lat = ShardFileWriter(self._f_lat, lat["shard_size"], row_nbytes)
         self._tar = FramesTarWriter(self._f_tar)
+        self._members: dict[int, list[int]] = {}  # row -> its frames member-table entry
         self._next = self.rows.start
 
     def _row_meta(self, row: int) -> dict[str, Any]:
@@ -325,7 +333,7 @@ class ShardTransaction:
         except OSError as e:
             raise CacheBuildError(_describe(e, self._tmp_lat)) from e
         try:
-            self._tar.add(frame_key(row), jpegs, self._row_meta(row))
+            self._members[row] = self._tar.add(frame_key(row), jpegs, self._row_meta(row))
         except OSError as e:
             raise CacheBuildError(_describe(e, self._tmp_tar)) from e
 
@@ -373,7 +381,9 @@ class ShardTransaction:
             "row_stop": self.rows.stop,
             "latents": {"path": latent_shard_relpath(i), "bytes": lat_size, "sha256": lat_sha},
             "frames": {"path": frames_shard_relpath(i), "bytes": tar_size, "sha256": tar_sha,
-                       "samples": self._tar.samples},
+                       "samples": self._tar.samples,
+                       # Where each row's tar members are, so readers need not scan headers.
+                       "members": [self._members.get(r) for r in self.rows]},
             "row_crc32c": crc,
             "failures": self.failures,
         }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,15 @@ from salt_vla.cache.format import (
     read_manifest,
     zarr_array_metadata,
 )
-from salt_vla.cache.frames import group_sample, iter_tar_files
+from salt_vla.cache.frames_reader import (
+    FramesIndexError,
+    Member,
+    group_sample,
+    iter_tar_files,
+    scan_members,
+    split_member_name,
+    table_members,
+)
 from salt_vla.cache.shard import EMPTY, ShardIndexError, crc32c, read_index
 from salt_vla.cache.store_writer import failure_lines
 
@@ -173,15 +180,18 @@ def _check_frames_shard(root: Path, meta: dict, shard: dict, quick: bool) -> lis
     want_keys = [frame_key(r) for r in range(shard["row_start"], shard["row_stop"])
                  if r not in failed]
     num_frames = meta["frames"]["num_frames"]
-    # Member names only (tarfile seeks over the data): the sha256 below covers the content.
-    members: dict[str, list[str]] = {}
+    # Headers only (no data read): the sha256 below covers the content.
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for m in tar:
-                key, _, ext = m.name.rpartition("/")[2].partition(".")
-                members.setdefault(key, []).append(ext)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return problems + [f"truncated or unreadable frames tar: {where}: {e}"]
+        scanned = scan_members(path)
+    except FramesIndexError as e:
+        return problems + [f"truncated or unreadable frames tar, {where}: {e}"]
+    members: dict[str, list[str]] = {}
+    for name, _, _ in scanned:
+        key, ext = (p.decode("utf-8", "surrogateescape") for p in split_member_name(name))
+        members.setdefault(key, []).append(ext)
+    table = shard["frames"].get("members")  # format version 2
+    if table is not None:
+        problems += _check_member_table(root, where, shard, table, scanned)
     keys = list(members)
     bad = [k for k, exts in members.items()
            if sum(e.endswith(".jpg") for e in exts) != num_frames or "json" not in exts]
@@ -197,6 +207,29 @@ def _check_frames_shard(root: Path, meta: dict, shard: dict, quick: bool) -> lis
             problems.append(f"checksum mismatch: {where} sha256 {sha[:16]}..., cache.json "
                             f"records {shard['frames']['sha256'][:16]}...")
     return problems
+
+
+def _check_member_table(root: Path, where: str, shard: dict, table: list,
+                        scanned: list[Member]) -> list[str]:
+    """The recorded member table must say exactly what the tar headers say: the trainer
+    reads frames at the recorded offsets without looking at the headers."""
+    fix = (f"delete {StorePaths(root).commit_record(shard['index'])} and re-run `salt cache "
+           "build` with the same options to rewrite the shard")
+    rows = shard["row_stop"] - shard["row_start"]
+    try:
+        if len(table) != rows:
+            raise ValueError(f"{len(table)} entries for {rows} rows")
+        recorded = table_members(shard["row_start"], table)
+    except (TypeError, ValueError, IndexError) as e:
+        return [f"{where}: malformed member table in cache.json ({e}); {fix}"]
+    if recorded == scanned:
+        return []
+    first = next((a for a, b in zip(recorded, scanned, strict=False) if a != b), None)
+    if first is None:  # one list is a prefix of the other
+        first = max(recorded, scanned, key=len)[min(len(recorded), len(scanned))]
+    return [f"{where}: member table in cache.json disagrees with the tar headers (first at "
+            f"{first[0].decode(errors='replace')}): the tar or the record changed after the "
+            f"build; {fix}"]
 
 
 def _check_commit_record(paths: StorePaths, meta: dict, shard: dict) -> list[str]:
@@ -365,7 +398,7 @@ def _recompute(report: VerifyReport, root: Path, meta: dict, k: int,
     t = meta["teacher"]
     if not source.startswith("random:") and not Path(source).is_file():
         report.add(name, [f"cannot recompute: the teacher checkpoint {source!r} recorded in "
-                          f"cache.json does not exist here; pass --teacher-ckpt PATH"], "")
+                          f"cache.json does not exist here; pass --teacher PATH"], "")
         return
     try:
         import torch
@@ -431,7 +464,7 @@ def _frames_of_rows(root: Path, meta: dict, rows: list[int]) -> dict[int, np.nda
             for key, files in iter_tar_files(root / s["frames"]["path"]):
                 if int(key) in want:
                     out[int(key)] = group_sample(key, files)["frames"]
-        except (tarfile.TarError, OSError, EOFError, ValueError, json.JSONDecodeError):
+        except (OSError, ValueError, json.JSONDecodeError):  # FramesIndexError is a ValueError
             continue
     return out
 

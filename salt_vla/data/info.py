@@ -1,4 +1,4 @@
-"""What ``salt data info`` reports about an SSv2-layout dataset.
+"""What ``salt data info`` reports about an SSv2-layout dataset (flat or as downloaded).
 
 Counts per split and class, the videos a split lists but the disk lacks, and a decode check
 of a sample of videos (or all of them) that lists the corrupt ones with the reason, plus the
@@ -7,29 +7,29 @@ frame count, fps and size of what decoded.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from salt_vla.data.ssv2 import (
-    LABELS_FILE,
     SPLITS,
-    VIDEO_SUBDIR,
     SplitIndex,
     SSv2Error,
+    SSv2Layout,
     SSv2MissingVideosWarning,
+    find_layout,
     load_labels,
     load_split,
-    split_path,
 )
 from salt_vla.data.video import VideoDecodeError, decode_chosen
+from salt_vla.errors import ConfigError
+from salt_vla.files import write_text_atomic
 
 DEFAULT_SCAN = 8
 
@@ -41,9 +41,10 @@ class SplitSummary:
     split: str
     path: Path
     videos: int
-    in_subdir: int  # how many of them are under ROOT/videos/ (the rest are directly in ROOT)
+    in_subdir: int  # how many of them are in a subfolder (the rest are directly in ROOT)
     missing: list[str]
     class_counts: list[int] | None
+    by_dir: dict[str, int] = field(default_factory=dict)  # videos per folder ("." = ROOT)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class DatasetSummary:
 
     root: Path
     labels_path: Path
+    layout: SSv2Layout
     classes: list[str]
     splits: list[SplitSummary]
     absent: list[str]  # splits whose file is not there
@@ -107,7 +109,7 @@ def parse_scan(text: str) -> int | None:
     except ValueError:
         n = -2
     if n < 0:
-        raise ValueError(f"--scan takes a number of videos >= 0, or 'all' (or -1); got {text!r}")
+        raise ConfigError(f"--scan takes a number of videos >= 0, or 'all' (or -1); got {text!r}")
     return n
 
 
@@ -200,19 +202,22 @@ def summarize_dataset(
     ``splits`` None reads every split whose file exists (at least one must); named splits must
     exist. Raises SSv2Error (from the index loader) for an unreadable dataset.
     """
+    if backend not in ("auto", "decord", "pyav"):
+        raise ConfigError(f"--backend must be auto, decord or pyav; got {backend!r}")
     root = Path(root)
-    load_labels(root)  # a wrong root fails here first, with the clearest message
+    layout = find_layout(root)  # a wrong root fails here first, with the clearest message
+    load_labels(root, layout)
     if splits is None:
-        wanted = [s for s in SPLITS if split_path(root, s).is_file()]
+        wanted = [s for s in SPLITS if layout.split_path(s).is_file()]
         if not wanted:
-            files = ", ".join(f"{s}.json" for s in SPLITS)
+            files = ", ".join(layout.split_path(s).name for s in SPLITS)
             raise SSv2Error(
-                f"{root} has {LABELS_FILE} but none of the split files ({files}). Point --data "
-                f"at the SSv2 root that holds them."
+                f"{root} has {layout.labels_path.name} but none of the split files ({files}) "
+                f"next to it in {layout.label_dir}. Point --data at the SSv2 root that holds them."
             )
     else:
         wanted = list(dict.fromkeys(splits))
-    absent = [s for s in SPLITS if s not in wanted and not split_path(root, s).is_file()]
+    absent = [s for s in SPLITS if s not in wanted and not layout.split_path(s).is_file()]
 
     indexes: list[SplitIndex] = []
     with warnings.catch_warnings():
@@ -226,13 +231,13 @@ def summarize_dataset(
         # an empty split file says nothing about labels; count it as labeled unless it is test
         labeled = ix.labeled and (bool(ix.entries) or ix.split != "test")
         counts = ix.class_counts().tolist() if labeled else None
-        summaries.append(
-            SplitSummary(ix.split, ix.path, len(ix), ix.num_in_subdir, ix.missing, counts)
-        )
+        summaries.append(SplitSummary(ix.split, ix.path, len(ix), ix.num_in_subdir,
+                                      ix.missing, counts, ix.videos_by_dir()))
     report = scan_videos(indexes, scan, seed, backend, workers, progress)
     return DatasetSummary(
         root=root,
-        labels_path=root / LABELS_FILE,
+        labels_path=layout.labels_path,
+        layout=layout,
         classes=indexes[0].classes,
         splits=summaries,
         absent=absent,
@@ -248,9 +253,7 @@ def write_missing(path: Path | str, summary: DatasetSummary) -> int:
     """
     path = Path(path)
     ids = [vid for s in summary.splits for vid in s.missing]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{vid}\n" for vid in ids))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{vid}\n" for vid in ids))
     return len(ids)
 
 
@@ -260,10 +263,12 @@ def _fps(x: float) -> str:
 
 def format_summary(summary: DatasetSummary, show_classes: bool = True) -> list[str]:
     """The report as text lines, for the CLI."""
-    lines = [f"labels: {summary.labels_path}  ({len(summary.classes)} classes)"]
+    lines = [f"layout: {summary.layout.name}",
+             f"labels: {summary.labels_path}  ({len(summary.classes)} classes)"]
     for s in summary.splits:
         where = (
-            f"{s.in_subdir} in {VIDEO_SUBDIR}/, {s.videos - s.in_subdir} in the root"
+            ", ".join(f"{n} in the root" if d == "." else f"{n} in {d}/"
+                      for d, n in s.by_dir.items())
             if s.videos
             else "no videos"
         )

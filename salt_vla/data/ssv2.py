@@ -1,13 +1,18 @@
 """Something-Something-v2 index: the split JSON files, labels.json, and where each video lives.
 
-Layout (as distributed by the dataset's authors)::
+Layouts read as they are (see :func:`find_layout`)::
 
-    ROOT/labels.json        {"Approaching something with your camera": "0", ...}
-    ROOT/train.json         [{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
-    ROOT/validation.json      "template": "Holding [something] next to [something]",
-                              "placeholders": ["potato", "vicks vaporub bottle"]}, ...]
-    ROOT/test.json          [{"id": "1420"}, ...]                 (no labels)
-    ROOT/<id>.webm  or  ROOT/videos/<id>.webm
+    flat (ours, and what `salt data synth` writes):
+        ROOT/labels.json        {"Approaching something with your camera": "0", ...}
+        ROOT/train.json         [{"id": "78687", "label": "holding potato next to vicks ...",
+        ROOT/validation.json      "template": "Holding [something] next to [something]",
+                                  "placeholders": ["potato", "vicks vaporub bottle"]}, ...]
+        ROOT/test.json          [{"id": "1420"}, ...]                 (no labels)
+    the dataset's download, unpacked:
+        ROOT/labels/{labels,train,validation,test}.json                     (current archive)
+        ROOT/something-something-v2-{labels,train,validation,test}.json     (older copies)
+    videos, in any of (the first that has a file wins):
+        ROOT/<id>.webm,  ROOT/videos/<id>.webm,  ROOT/20bn-something-something-v2/<id>.webm
 
 An entry's class is its template with ``[`` and ``]`` removed, looked up in labels.json: that is
 how the dataset's own tooling maps templates to classes. Every problem with the files raises one
@@ -30,15 +35,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from salt_vla.errors import SaltError
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 LABELS_FILE = "labels.json"
 VIDEO_EXT = ".webm"
 VIDEO_SUBDIR = "videos"
+# SSv2's download: the videos archive unpacks to this folder, the labels archive to labels/
+# (older copies name the files something-something-v2-<name>.json instead).
+DOWNLOAD_VIDEO_DIR = "20bn-something-something-v2"
+DOWNLOAD_LABELS_DIR = "labels"
+DOWNLOAD_PREFIX = "something-something-v2-"
+# Where videos are looked for, in order, relative to ROOT ("" is ROOT itself).
+VIDEO_DIRS: tuple[str, ...] = ("", VIDEO_SUBDIR, DOWNLOAD_VIDEO_DIR)
 # Ids shown in a missing-videos message; the full list is on SplitIndex.missing.
 _SHOW_IDS = 5
 
 
-class SSv2Error(ValueError):
+class SSv2Error(SaltError, ValueError):
     """The dataset's files are missing, malformed or inconsistent; the message says the fix."""
 
 
@@ -70,11 +84,105 @@ def template_class(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
-def split_path(root: Path | str, split: str) -> Path:
-    """Path of a split's JSON file (``ROOT/train.json`` etc.)."""
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise SSv2Error(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    return Path(root) / f"{split}.json"
+
+
+@dataclass(frozen=True)
+class SSv2Layout:
+    """Where a root keeps its label files: ``label_dir / (prefix + name + ".json")``.
+
+    ``name`` says which layout it is, for the line every command prints
+    (:meth:`SplitIndex.describe`). Videos are looked for in :attr:`video_dirs` whatever the
+    layout: they are independent of the label files.
+    """
+
+    root: Path
+    name: str
+    label_dir: Path
+    prefix: str = ""
+
+    @property
+    def labels_path(self) -> Path:
+        return self.label_dir / f"{self.prefix}{LABELS_FILE}"
+
+    def split_path(self, split: str) -> Path:
+        """The JSON file of ``split`` in this layout."""
+        _check_split(split)
+        return self.label_dir / f"{self.prefix}{split}.json"
+
+    @property
+    def video_dirs(self) -> tuple[Path, ...]:
+        """Folders searched for ``<id>.webm``, in order (see :data:`VIDEO_DIRS`)."""
+        return tuple(self.root / d if d else self.root for d in VIDEO_DIRS)
+
+    def label_files(self) -> list[Path]:
+        """labels.json and the split files this layout has on disk."""
+        files = [self.labels_path, *(self.split_path(s) for s in SPLITS)]
+        return [f for f in files if f.is_file()]
+
+
+def _candidate_layouts(root: Path) -> list[SSv2Layout]:
+    """Every label-file layout a root may have, in precedence order (flat first)."""
+    labels = root / DOWNLOAD_LABELS_DIR
+    return [
+        SSv2Layout(root, "flat", root),
+        SSv2Layout(root, "SSv2 download, labels/", labels),
+        SSv2Layout(root, f"SSv2 download, {DOWNLOAD_PREFIX}*.json", root, DOWNLOAD_PREFIX),
+        SSv2Layout(root, f"SSv2 download, labels/{DOWNLOAD_PREFIX}*.json", labels,
+                   DOWNLOAD_PREFIX),
+    ]
+
+
+def _same_files(a: SSv2Layout, b: SSv2Layout) -> bool:
+    """True when two layouts hold the same label files with the same bytes (a copy)."""
+    fa, fb = a.label_files(), b.label_files()
+    if [f.name.removeprefix(a.prefix) for f in fa] != [f.name.removeprefix(b.prefix)
+                                                      for f in fb]:
+        return False
+    try:
+        return all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb, strict=True))
+    except OSError:
+        return False
+
+
+def find_layout(root: Path | str) -> SSv2Layout:
+    """Which layout ``root`` has, decided by where its labels file is (see module doc).
+
+    Two layouts at once (say a labels.json copied next to the download's labels/) are
+    accepted only when they hold byte-identical files, and then the first in the module
+    doc's order is used; otherwise the reader cannot know which to trust, so it refuses and
+    names both.
+    """
+    root = Path(root)
+    found = [c for c in _candidate_layouts(root) if c.labels_path.is_file()]
+    if not found:
+        first, *others = (c.labels_path for c in _candidate_layouts(root))
+        hint = (f"the directory {root} does not exist" if not root.is_dir()
+                else f"{root} has none of them")
+        raise SSv2Error(
+            f"labels file not found: {first} (also looked for "
+            f"{', '.join(str(o) for o in others)}; {hint}). Point --data (or $SALT_DATA) at the "
+            f"SSv2 root: the folder that holds labels.json and the split files, or the one the "
+            f"download unpacked labels/ and 20bn-something-something-v2/ into."
+        )
+    chosen = found[0]
+    for other in found[1:]:
+        if not _same_files(chosen, other):
+            raise SSv2Error(
+                f"{root} holds two SSv2 layouts with different files: {chosen.labels_path} "
+                f"({chosen.name}) and {other.labels_path} ({other.name}); salt cannot tell "
+                f"which is right. Remove (or rename) one set of label files, or point --data "
+                f"at a root with only one."
+            )
+    return chosen
+
+
+def split_path(root: Path | str, split: str) -> Path:
+    """Path of a split's JSON file in ``root``'s layout (``ROOT/train.json`` etc.)."""
+    _check_split(split)
+    return find_layout(root).split_path(split)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -107,12 +215,13 @@ def _read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def load_labels(root: Path | str) -> dict[str, int]:
-    """Read ``ROOT/labels.json``: class name (template without brackets) -> class index.
+def load_labels(root: Path | str, layout: SSv2Layout | None = None) -> dict[str, int]:
+    """Read the labels file of ``root`` (``ROOT/labels.json`` in the flat layout): class name
+    (template without brackets) -> class index.
 
     Indices must be the integers 0..K-1, each used once (the file stores them as strings).
     """
-    path = Path(root) / LABELS_FILE
+    path = (layout or find_layout(root)).labels_path
     data = _read_json(path, "labels file")
     if not isinstance(data, dict) or not data:
         raise SSv2Error(
@@ -168,7 +277,8 @@ class SplitIndex:
     """A loaded split: its entries (missing videos already excluded) and where the videos are.
 
     ``entries`` keeps the split file's order. ``missing`` lists the ids whose video was not
-    found (only non-empty when loaded with ``allow_missing=True``).
+    found (only non-empty when loaded with ``allow_missing=True``). ``layout`` is where the
+    label files were found.
     """
 
     root: Path
@@ -178,9 +288,9 @@ class SplitIndex:
     missing: list[str]
     path: Path
     labels_path: Path
-    # ids of the .webm files found in ROOT and ROOT/videos when the split was loaded
-    _in_root: frozenset[str] = field(repr=False)
-    _in_subdir: frozenset[str] = field(repr=False)
+    layout: SSv2Layout
+    # ids of the .webm files found in each of layout.video_dirs when the split was loaded
+    _found: tuple[frozenset[str], ...] = field(repr=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -213,9 +323,29 @@ class SplitIndex:
 
     @property
     def num_in_subdir(self) -> int:
-        """How many entries' videos are under ``ROOT/videos/`` (the rest are directly in ROOT)."""
-        in_root = self._in_root
+        """How many entries' videos are in a subfolder (the rest are directly in ROOT)."""
+        in_root = self._found[0]
         return sum(1 for e in self.entries if e.id not in in_root)
+
+    def videos_by_dir(self) -> dict[str, int]:
+        """Entries per video folder, by folder name relative to ROOT (``"."`` for ROOT);
+        only folders that hold some of this split's videos."""
+        counts = [0] * len(self._found)
+        for e in self.entries:
+            for k, ids in enumerate(self._found):
+                if e.id in ids:
+                    counts[k] += 1
+                    break
+        return {d or ".": n for d, n in zip(VIDEO_DIRS, counts, strict=True) if n}
+
+    def describe(self) -> str:
+        """Where this split came from, for the line commands print: ``train: layout SSv2
+        download, labels/ (split /r/labels/train.json, labels /r/labels/labels.json);
+        videos: 168913 in /r/20bn-something-something-v2``."""
+        where = ", ".join(f"{n} in {self.root / d if d != '.' else self.root}"
+                          for d, n in self.videos_by_dir().items())
+        return (f"{self.split}: layout {self.layout.name} (split {self.path}, labels "
+                f"{self.labels_path}); videos: {where or 'none'}")
 
     def class_counts(self) -> np.ndarray:
         """Entries per class index, int64 ``[num_classes]`` (unlabeled entries not counted)."""
@@ -223,13 +353,12 @@ class SplitIndex:
         return np.bincount(labels[labels >= 0], minlength=len(self.classes))
 
     def video_path(self, video_id: str) -> Path:
-        """The file of ``video_id``: ``ROOT/<id>.webm``, else ``ROOT/videos/<id>.webm``."""
-        if video_id in self._in_root:
-            return self.root / f"{video_id}{VIDEO_EXT}"
-        if video_id in self._in_subdir:
-            return self.root / VIDEO_SUBDIR / f"{video_id}{VIDEO_EXT}"
+        """The file of ``video_id`` in the first of ``layout.video_dirs`` that has it."""
+        for directory, ids in zip(self.layout.video_dirs, self._found, strict=True):
+            if video_id in ids:
+                return directory / f"{video_id}{VIDEO_EXT}"
         raise SSv2Error(
-            f"no video for id {video_id!r} in {self.root} or {self.root / VIDEO_SUBDIR} "
+            f"no video for id {video_id!r} in {', '.join(map(str, self.layout.video_dirs))} "
             f"(it is not in {self.path.name}, or its file is missing)"
         )
 
@@ -350,17 +479,20 @@ def _gc_paused() -> Iterator[None]:
 
 
 def load_split(root: Path | str, split: str, allow_missing: bool = False) -> SplitIndex:
-    """Load ``ROOT/<split>.json`` with labels.json and check every video exists.
+    """Load the split file of ``split`` with the labels file, in whichever layout ``root``
+    has (:func:`find_layout`), and check every video exists.
 
-    Videos are looked for at ``ROOT/<id>.webm`` and ``ROOT/videos/<id>.webm`` (the first wins
-    when both exist). Missing videos raise :class:`SSv2Error` unless ``allow_missing``, in which
-    case they are excluded from ``entries``, listed in ``missing`` and reported with a
-    :class:`SSv2MissingVideosWarning`.
+    Videos are looked for in ``ROOT``, ``ROOT/videos`` and ``ROOT/20bn-something-something-v2``
+    (the first that has the file wins). Missing videos raise :class:`SSv2Error` unless
+    ``allow_missing``, in which case they are excluded from ``entries``, listed in ``missing``
+    and reported with a :class:`SSv2MissingVideosWarning`.
     """
     root = Path(root)
-    path = split_path(root, split)
-    labels_path = root / LABELS_FILE
-    labels = load_labels(root)
+    _check_split(split)
+    layout = find_layout(root)
+    path = layout.split_path(split)
+    labels_path = layout.labels_path
+    labels = load_labels(root, layout)
     classes = [""] * len(labels)
     for name, index in labels.items():
         classes[index] = name
@@ -369,12 +501,11 @@ def load_split(root: Path | str, split: str, allow_missing: bool = False) -> Spl
         entries = _parse_entries(data, path, labels, labels_path, labeled=split != "test")
         del data
 
-    in_root = _list_videos(root)
-    in_subdir = _list_videos(root / VIDEO_SUBDIR)
-    absent = set(map(attrgetter("id"), entries)).difference(in_root, in_subdir)
+    found = tuple(_list_videos(d) for d in layout.video_dirs)
+    absent = set(map(attrgetter("id"), entries)).difference(*found)
     missing = [e.id for e in entries if e.id in absent] if absent else []
     if missing:
-        where = f"{root}/<id>{VIDEO_EXT} and {root / VIDEO_SUBDIR}/<id>{VIDEO_EXT}"
+        where = ", ".join(f"{d}/<id>{VIDEO_EXT}" for d in layout.video_dirs)
         shown = ", ".join(missing[:_SHOW_IDS]) + (", ..." if len(missing) > _SHOW_IDS else "")
         msg = f"{len(missing)} of {len(entries)} videos listed in {path} are missing ({shown})"
         if not allow_missing:
@@ -394,6 +525,6 @@ def load_split(root: Path | str, split: str, allow_missing: bool = False) -> Spl
         missing=missing,
         path=path,
         labels_path=labels_path,
-        _in_root=in_root,
-        _in_subdir=in_subdir,
+        layout=layout,
+        _found=found,
     )

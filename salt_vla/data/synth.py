@@ -26,13 +26,15 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from salt_vla.data.video import write_webm
+from salt_vla.errors import SaltError, nonfinite_fields
+from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 
 GENERATOR = "salt_vla.data.synth"
 FORMAT_VERSION = 1
@@ -48,7 +50,7 @@ _LIGHT_STREAM = 0x4C494748  # lighting / colour nuisance: its own stream, so con
 # it draw exactly what they drew before it existed
 
 
-class SynthError(ValueError):
+class SynthError(SaltError, ValueError):
     """Bad synthetic-dataset configuration or output directory; the message says the fix."""
 
 
@@ -141,6 +143,8 @@ class SynthConfig:
         # Frozen: normalise sequences (e.g. lists from JSON) through object.__setattr__.
         object.__setattr__(self, "splits", tuple(float(f) for f in self.splits))
         object.__setattr__(self, "distractors", tuple(int(d) for d in self.distractors))
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise SynthError(f"{', '.join(bad)}: must be a finite number")
         n = len(ACTIONS)
         if self.classes < 1 or self.classes > n:
             raise SynthError(
@@ -228,6 +232,18 @@ def parse_splits(text: str) -> tuple[float, float, float]:
     return nums  # type: ignore[return-value]
 
 
+def parse_range(option: str, text: str) -> tuple[int, int]:
+    """``"1-2"`` -> ``(1, 2)``; ``"3"`` -> ``(3, 3)``; ``option`` names the flag in errors."""
+    parts = text.replace(" ", "").split("-")
+    try:
+        lo, hi = (int(parts[0]), int(parts[-1])) if 1 <= len(parts) <= 2 else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or hi is None:
+        raise SynthError(f"{option} {text!r}: expected MIN-MAX, e.g. 1-2, or one number")
+    return lo, hi
+
+
 # --- plan: which video gets which split, class and id --------------------------------------
 
 
@@ -250,6 +266,41 @@ def split_counts(n: int, weights: Sequence[float]) -> list[int]:
     for i in order[: n - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def split_totals(cfg: SynthConfig) -> dict[str, int]:
+    """Videos per split, as :func:`plan_dataset` assigns them (per class, then summed)."""
+    k, n = cfg.classes, cfg.videos
+    totals = dict.fromkeys(SPLITS, 0)
+    for c in range(k):
+        per_class = n // k + (1 if c < n % k else 0)
+        for split, count in zip(SPLITS, split_counts(per_class, cfg.splits), strict=True):
+            totals[split] += count
+    return totals
+
+
+def check_splits_filled(cfg: SynthConfig) -> None:
+    """Refuse a size that leaves a split with a positive weight empty (each class is split on
+    its own, so a few videos per class give the small splits none), naming the smallest
+    ``videos`` that fills every split, or the weights that make it intended."""
+    empty = [s for s, c in split_totals(cfg).items() if c == 0 and cfg.splits[SPLITS.index(s)]]
+    if not empty:
+        return
+    def filled(n: int) -> bool:
+        totals = split_totals(replace(cfg, videos=n))
+        return all(totals[s] or not w for s, w in zip(SPLITS, cfg.splits, strict=True))
+
+    need = cfg.videos + 1
+    while not filled(need):  # ends: enough videos per class give every weighted split one
+        need += 1
+    zero = "/".join("0" if s in empty else f"{w:g}" for s, w in zip(SPLITS, cfg.splits,
+                                                                    strict=True))
+    raise SynthError(
+        f"--videos {cfg.videos} over {cfg.classes} classes at splits "
+        f"{'/'.join(f'{w:g}' for w in cfg.splits)} leaves {' and '.join(empty)} empty (every "
+        f"class is split on its own: at most {-(-cfg.videos // cfg.classes)} video(s) per "
+        f"class); use "
+        f"--videos {need} or more, or --splits {zero} if you want no {' or '.join(empty)}")
 
 
 def plan_dataset(cfg: SynthConfig) -> list[PlannedVideo]:
@@ -713,16 +764,6 @@ class SynthSummary:
     workers: int
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
 def _previous_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
@@ -745,8 +786,8 @@ def _check_out(out: Path, force: bool) -> dict[str, Any] | None:
         raise SynthError(
             f"{out} is not empty and is not a previous `salt data synth` output (no {MANIFEST} "
             "from it); refusing to write there. Choose a new or empty directory, or pass "
-            "--force (force=True) to write into it anyway: files with the generated names are "
-            "overwritten, nothing else is deleted."
+            "--force to write into it anyway: files with the generated names are overwritten, "
+            "nothing else is deleted."
         )
     return previous
 
@@ -756,9 +797,8 @@ def _make_one(job: tuple[SynthConfig, int, int, str]) -> tuple[int, list[str]]:
     cfg, index, class_index, path = job
     try:
         frames, placeholders = render_video(cfg, index, class_index)
-        tmp = path + ".tmp"
-        write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
     except Exception as e:  # name the video: a bare encoder error says nothing about which
         raise SynthError(f"synthetic video {index + 1} ({path}) failed: {e!r}") from None
     return index, placeholders
@@ -802,7 +842,7 @@ def generate_dataset(
         "templates": list(TEMPLATES[: cfg.classes]),
         "ids": {"first": 1, "last": len(plan)},
     }
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
 
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, len(plan))
@@ -841,10 +881,10 @@ def generate_dataset(
             }
         )
     for split in SPLITS:
-        _write_json(out / f"{split}.json", entries[split])
+        write_json_atomic(out / f"{split}.json", entries[split])
     labels = {class_name(t): str(i) for i, t in enumerate(TEMPLATES[: cfg.classes])}
-    _write_json(out / "labels.json", labels)
-    _atomic_write_text(out / TEST_ANSWERS, "".join(a + "\n" for a in answers))
+    write_json_atomic(out / "labels.json", labels)
+    write_text_atomic(out / TEST_ANSWERS, "".join(a + "\n" for a in answers))
 
     if previous is not None:  # videos of an earlier, larger synth run that no entry names now
         last = int(previous.get("ids", {}).get("last", 0))
@@ -860,7 +900,7 @@ def generate_dataset(
         for s in SPLITS
     }
     manifest.update(complete=True, counts=counts, class_counts=per_class, seconds=round(seconds, 2))
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     return SynthSummary(
         root=out,
         counts=counts,

@@ -1,16 +1,26 @@
-"""Video file I/O: decoding frames by index (decord or PyAV) and writing VP9 ``.webm``.
+"""Video file I/O: decoding frames by index (decord or PyAV); writing VP9 ``.webm`` and
+H.264 ``.mp4``.
 
 Frame ``i`` of a video is the ``i``-th frame in presentation order. Both backends count
 frames the same way, from the container's packets (one packet per displayed frame), never
 from header metadata: WebM headers carry no frame count and other containers' counts can be
 wrong. Both backends convert to RGB through FFmpeg's swscale and return identical bytes on our
 VP9 files (``tests/test_video.py`` checks it).
+
+What is not a video is refused with a reason of its own (:class:`VideoDecodeError`'s
+``cause``), never decoded into something that looks like one: FFmpeg opens a PNG renamed
+``.webm`` as a one-frame stream, and a view would repeat that frame into a clip of identical
+frames. So a still image (by its first bytes, or FFmpeg's image demuxer reading it), a
+directory, a FIFO or device, and a file that cannot be read each say what they are. A
+one-frame stream in a video container (WebM, MP4) is still a video.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +29,20 @@ from types import ModuleType
 import av  # must load before decord: decord's bundled FFmpeg breaks PyAV's VP9 encoder otherwise
 import numpy as np
 
+from salt_vla.errors import ConfigError, SaltError
+
 BACKENDS = ("auto", "decord", "pyav")
 
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _SEGMENT_ID = 0x18538067
+# First bytes of still-image files (what a renamed photo or thumbnail starts with).
+_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF",
+                b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(SaltError):
     """A video file could not be read; ``path`` names the file and ``cause`` says why."""
 
     def __init__(self, path: Path | str, cause: str) -> None:
@@ -57,26 +74,65 @@ def write_webm(
     H and W must be even (yuv420p). ``keyframe_interval`` (default: the encoder's own) forces
     a keyframe every that many frames, so tests can exercise the decoders' seeking.
     """
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"VP9/yuv420p needs even sizes, got {h}x{w}")
-    path = Path(path)
-    with av.open(str(path), mode="w", format="webm") as container:
-        stream = container.add_stream("libvpx-vp9", rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        stream.thread_count = 1
+
+    def configure(stream: av.VideoStream) -> None:
         if keyframe_interval is not None:
             stream.codec_context.gop_size = keyframe_interval
         stream.options = {"crf": str(crf), "deadline": "realtime", "cpu-used": "8"}
-        for i in range(t):
+
+    _write(path, frames, "webm", "libvpx-vp9", fps, configure)
+
+
+def write_mp4(
+    path: Path | str,
+    frames: np.ndarray,
+    fps: int = 12,
+    crf: int = 20,
+    keyframe_interval: int | None = None,
+    bframes: int = 0,
+) -> None:
+    """Write uint8 ``[T, H, W, 3]`` RGB frames as an H.264 ``.mp4`` (libx264, yuv420p), the
+    container and codec of benchmarks such as IntPhys 2.
+
+    One thread and no look-ahead (``tune=zerolatency``) so the same frames always give the
+    same bytes and frame ``i`` is encoded from frames ``<= i`` only. ``bframes`` > 0 adds
+    B-frames (decode order then differs from display order, as in most downloaded mp4s);
+    ``keyframe_interval`` forces a keyframe every that many frames (for seeking tests).
+    """
+    params = f"bframes={int(bframes)}:threads=1" + (
+        f":keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"
+        if keyframe_interval else "")
+    options = {"crf": str(crf), "preset": "veryfast", "x264-params": params}
+    if bframes == 0:
+        options["tune"] = "zerolatency"
+
+    def configure(stream: av.VideoStream) -> None:
+        stream.options = options
+
+    _write(path, frames, "mp4", "libx264", fps, configure)
+
+
+def _write(path: Path | str, frames: np.ndarray, container_format: str, codec: str, fps: int,
+           configure: Callable[[av.VideoStream], None]) -> None:
+    """Encode RGB ``frames`` as yuv420p with one encoder thread; ``configure`` sets the
+    codec's options on the stream before the first frame."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [T, H, W, 3] frames, got {frames.dtype} {frames.shape}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{codec}/yuv420p needs even sizes, got {h}x{w}")
+    with av.open(str(Path(path)), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        stream.thread_count = 1
+        configure(stream)
+        for i in range(len(frames)):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
-        for packet in stream.encode():
+        for packet in stream.encode():  # flush the encoder's delayed frames
             container.mux(packet)
 
 
@@ -111,12 +167,12 @@ def decode_chosen(
     file twice. Returns the frames (as ``decode_frames``) and the file's VideoInfo.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(path)
     _check_file(path)
     decord = _decord_module() if backend in ("auto", "decord") else None
     if backend == "decord" and decord is None:
-        raise ValueError("video backend 'decord' is not installed; use backend='pyav' or 'auto'")
+        raise ConfigError("video backend 'decord' is not installed; use backend='pyav' or 'auto'")
     if decord is None:
         return _decode(path, choose, _PyAVSource)
     try:
@@ -144,14 +200,39 @@ def _decord_module() -> ModuleType | None:
 
 
 def _check_file(path: Path) -> None:
-    """Catch the failures FFmpeg reports badly or not at all: missing, empty, truncated WebM."""
-    if not path.is_file():
-        raise VideoDecodeError(path, "file not found (check the data root and the video id)")
-    size = path.stat().st_size
+    """Catch the failures FFmpeg reports badly or not at all (or, for a FIFO, by waiting
+    forever): missing, not a regular file, unreadable, empty, a still image, truncated WebM."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise VideoDecodeError(path, f"broken symbolic link (its target {os.readlink(path)} "
+                                   "does not exist)") from None
+        raise VideoDecodeError(path, "file not found (check the data root and the video "
+                               "id)") from None
+    except OSError as e:  # EACCES on a folder of the path, ELOOP, ...
+        raise VideoDecodeError(path, f"cannot look the file up: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    for test, what in _NOT_REGULAR:
+        if test(st.st_mode):
+            raise VideoDecodeError(path, f"is {what}, not a regular file: a video must be a "
+                                   "plain file")
+    size = st.st_size
     if size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes); re-download it")
-    with path.open("rb") as f:
-        head = f.read(64)
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except PermissionError:
+        raise VideoDecodeError(path, "permission denied: this user cannot read the file "
+                               "(check its owner and mode, e.g. chmod a+r)") from None
+    except OSError as e:  # EIO on a failing disk, ...
+        raise VideoDecodeError(path, f"cannot read the file: {e.strerror or e}") from None
+    for magic, kind in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            raise VideoDecodeError(path, f"is a still image ({kind} data), not a video: a "
+                                   "renamed picture? Replace it with the video")
     expected = _webm_declared_size(head)
     # FFmpeg silently returns the frames before the cut, so a truncated clip would otherwise
     # pass as a shorter one.
@@ -274,6 +355,10 @@ class _PyAVSource:
         try:
             if not self.container.streams.video:
                 raise VideoDecodeError(path, "no video stream (is it an audio or data file?)")
+            fmt = self.container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's still-image demuxers
+                raise VideoDecodeError(path, f"is a still image (FFmpeg reads it as {fmt}), "
+                                       "not a video: a renamed picture? Replace it")
             self.stream = self.container.streams.video[0]
             self.stream.thread_count = 1
             rate = self.stream.average_rate or self.stream.guessed_rate

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from salt_vla.data.video import decode_chosen
+from salt_vla.errors import ConfigError
 
 # Bump when the meaning of any field or the rendering changes: it is part of every view hash,
 # so caches built by the old code are refused instead of silently mismatching.
@@ -53,9 +54,9 @@ SAMPLINGS = ("segment", "stride")
 
 def _as_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"ViewSpec.{name} must be a number, got {value!r}")
+        raise ConfigError(f"ViewSpec.{name} must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"ViewSpec.{name} must be finite, got {value!r}")
+        raise ConfigError(f"ViewSpec.{name} must be finite, got {value!r}")
     return float(value)
 
 
@@ -78,33 +79,33 @@ class ViewSpec:
         for name in ("num_frames", "frame_step", "size", "n_views", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"ViewSpec.{name} must be an int, got {value!r}")
+                raise ConfigError(f"ViewSpec.{name} must be an int, got {value!r}")
         for name in ("num_frames", "frame_step", "size", "n_views"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ViewSpec.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"ViewSpec.{name} must be >= 1, got {getattr(self, name)}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"ViewSpec.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"
             )
         if self.resize is not None and (
             not isinstance(self.resize, int) or isinstance(self.resize, bool)
             or self.resize < self.size
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"ViewSpec.resize must be None or an int >= size ({self.size}), got {self.resize!r}"
             )
         if not isinstance(self.hflip, bool):
-            raise ValueError(f"ViewSpec.hflip must be a bool, got {self.hflip!r}")
+            raise ConfigError(f"ViewSpec.hflip must be a bool, got {self.hflip!r}")
         jitter = _as_float("temporal_jitter", self.temporal_jitter)
         if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"ViewSpec.temporal_jitter must be in [0, 1], got {jitter}")
+            raise ConfigError(f"ViewSpec.temporal_jitter must be in [0, 1], got {jitter}")
         if not isinstance(self.crop_scale, (tuple, list)) or len(self.crop_scale) != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"ViewSpec.crop_scale must be a pair (lo, hi), got {self.crop_scale!r}"
             )
         lo, hi = (_as_float("crop_scale", v) for v in self.crop_scale)
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"ViewSpec.crop_scale needs 0 < lo <= hi <= 1, got ({lo}, {hi})")
+            raise ConfigError(f"ViewSpec.crop_scale needs 0 < lo <= hi <= 1, got ({lo}, {hi})")
         # Canonical types, so that 1 and 1.0 (or a JSON list) give the same spec and hash.
         object.__setattr__(self, "temporal_jitter", jitter)
         object.__setattr__(self, "crop_scale", (lo, hi))
@@ -121,7 +122,7 @@ class ViewSpec:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown ViewSpec field(s) {', '.join(unknown)}; known fields: {', '.join(known)}"
                 " (was this view written by a newer salt-vla?)"
             )
@@ -129,6 +130,26 @@ class ViewSpec:
         if "crop_scale" in values and isinstance(values["crop_scale"], list):
             values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ViewSpec:
+        """Preset ``name`` with the given fields replaced; ``None`` values keep the preset's
+        (so command-line flags that were not given pass through). ``crop_scale`` may be the
+        text ``"LO,HI"``."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown view field(s) {', '.join(unknown)}; known fields: "
+                              f"{', '.join(sorted(known))}")
+        if isinstance(changes.get("crop_scale"), str):
+            text = changes["crop_scale"]
+            try:
+                lo, hi = (float(x) for x in text.split(","))
+            except ValueError:
+                raise ConfigError(f"crop scale {text!r}: expected LO,HI, e.g. 0.3,1") from None
+            changes["crop_scale"] = (lo, hi)
+        return dataclasses.replace(view_preset(name), **changes)
 
     def hash(self) -> str:
         """Stable 16-hex-digit id of the pixels this spec produces (any process or machine).
@@ -161,7 +182,7 @@ VIEW_PRESETS: dict[str, ViewSpec] = {
 def view_preset(name: str) -> ViewSpec:
     """The ViewSpec called ``name`` in VIEW_PRESETS."""
     if name not in VIEW_PRESETS:
-        raise ValueError(f"unknown view preset {name!r}; choose one of: {', '.join(VIEW_PRESETS)}")
+        raise ConfigError(f"unknown view preset {name!r}; choose one of: {', '.join(VIEW_PRESETS)}")
     return VIEW_PRESETS[name]
 
 
@@ -181,7 +202,7 @@ def plan_view(
 ) -> ViewPlan:
     """The frame indices, crop box and flip of view ``view_index`` of ``video_id``."""
     if height < 1 or width < 1:
-        raise ValueError(f"video {video_id!r}: bad frame size {height}x{width}")
+        raise ConfigError(f"video {video_id!r}: bad frame size {height}x{width}")
     indices = _frame_indices(spec, video_id, view_index, num_source_frames)
     draw = _ViewRandom(spec.seed, video_id, view_index)
     short = min(height, width)
@@ -203,7 +224,7 @@ def render_view(frames: np.ndarray, plan: ViewPlan, spec: ViewSpec) -> np.ndarra
     frames = np.asarray(frames)
     expected = (len(plan.indices), *plan.source_size, 3)
     if frames.dtype != np.uint8 or frames.shape != expected:
-        raise ValueError(f"expected uint8 frames of shape {expected} for this plan, "
+        raise ConfigError(f"expected uint8 frames of shape {expected} for this plan, "
                          f"got {frames.dtype} {frames.shape}")
     size = (spec.size, spec.size)
     out = np.stack([
@@ -232,11 +253,11 @@ def _frame_indices(
     spec: ViewSpec, video_id: str, view_index: int, num_source_frames: int
 ) -> tuple[int, ...]:
     if not 0 <= view_index < spec.n_views:
-        raise ValueError(f"view_index {view_index} out of range for a spec with "
+        raise ConfigError(f"view_index {view_index} out of range for a spec with "
                          f"n_views={spec.n_views}")
     n, t, jitter = num_source_frames, spec.num_frames, spec.temporal_jitter
     if n < 1:
-        raise ValueError(f"video {video_id!r} has no frames ({n})")
+        raise ConfigError(f"video {video_id!r} has no frames ({n})")
     draw = _ViewRandom(spec.seed, video_id, view_index)
     if spec.sampling == "segment":
         offsets = [0.5 + jitter * (draw("time", i) - 0.5) for i in range(t)]

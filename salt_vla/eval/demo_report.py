@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salt_vla.cache.format import write_bytes_atomic
+from salt_vla.errors import SaltError
+from salt_vla.eval.probe_run import read_probe_result
+from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
+from salt_vla.runs.rundir import loss_curve
 
 # Probe rows of the table, in order: file key -> label.
 ENCODERS: dict[str, str] = {
@@ -27,7 +30,7 @@ ENCODERS: dict[str, str] = {
 BAR_SEEDS = 3  # the quality bar is defined as a mean over this many seeds
 
 
-class DemoReportError(ValueError):
+class DemoReportError(SaltError, ValueError):
     """Nothing to report: no finished seed under the demo directory."""
 
 
@@ -102,7 +105,7 @@ def collect_results(out: Path | str) -> list[SeedResult]:
     """Every seed under ``out`` with at least one probe result."""
     results = []
     for seed, d in seed_dirs(out):
-        probes = {k: p for k in ENCODERS if (p := read_json_object(d / f"probe-{k}.json"))}
+        probes = {k: p for k in ENCODERS if (p := read_probe_result(d / f"probe-{k}.json"))}
         if not probes:
             continue
         results.append(SeedResult(
@@ -179,22 +182,6 @@ def protocol_lines(results: list[SeedResult]) -> list[str]:
     return lines
 
 
-def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        v = rec.get("norm_loss")
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            out.append((int(rec["step"]), float(v)))
-    return out
-
-
 def plot_demo(results: list[SeedResult], path: Path | str) -> Path:
     """Left: normalised loss vs step of stage 1 (teacher) and stage 2 (SALT) per seed.
     Right: probe top-1 per encoder (bar: mean over seeds; dots: each seed; dashed: chance)."""
@@ -207,7 +194,7 @@ def plot_demo(results: list[SeedResult], path: Path | str) -> Path:
     for i, r in enumerate(results):
         for run, style, name in (("teacher", "--", "stage 1 teacher"),
                                  ("run", "-", "stage 2 SALT student")):
-            pts = _loss_curve(r.dir / run)
+            pts = [(s, v) for s, v in loss_curve(r.dir / run, "norm_loss") if math.isfinite(v)]
             if pts:
                 ax_loss.plot([s for s, _ in pts], [v for _, v in pts], style, color=f"C{i % 10}",
                              label=f"{name}, seed {r.seed}")
@@ -241,7 +228,8 @@ def plot_demo(results: list[SeedResult], path: Path | str) -> Path:
     ax_bar.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -271,7 +259,7 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
            "![loss curves and probe bars](demo.png)", ""]
     md_path, json_path = out / "demo.md", out / "demo.json"
     png = plot_demo(results, out / "demo.png")
-    write_bytes_atomic(md_path, "\n".join(md).encode())
+    write_text_atomic(md_path, "\n".join(md))
     payload = {
         "seeds": {str(r.seed): {"top1": r.top1, "dir": str(r.dir), "timings": r.timings,
                                 "probes": {k: {x: p.get(x) for x in
@@ -282,6 +270,6 @@ def write_demo_report(out: Path | str, points: float = 15.0) -> DemoReport:
                   for r in results},
         "quality_bar": bar.to_dict() if bar else None,
     }
-    write_bytes_atomic(json_path, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json_atomic(json_path, payload)
     return DemoReport(md_path, json_path, png, lines + [""] + notes, bar)
 

@@ -4,6 +4,10 @@
 
 - ``RUN_DIR`` or ``CKPT``: the student of a ``salt train`` run (its ``ckpt.pt``), on the run's
   view unless another view of the same shape is asked for;
+- ``EXPORT_DIR`` or ``ENCODER.safetensors``: an encoder written by ``salt export``, on its
+  recorded view, or on a view of another shape (its position table is resampled for that
+  grid, see docs/export.md); what a run directory, a checkpoint or an export names is
+  decided in one place, :func:`salt_vla.runs.rundir.resolve_run_path`;
 - ``random:ARCH`` or ``random:ARCH:SEED``: a randomly initialised student of size ARCH (tiny,
   small, base, large) with seed SEED (default 0): the "no training" baseline;
 - ``teacher:SOURCE``: the frozen VideoMAEv2 teacher's target tokens (the latents the student
@@ -28,20 +32,23 @@ import torch
 from torch import nn
 
 from salt_vla.data.view import ViewSpec
+from salt_vla.errors import SaltError
 from salt_vla.models.grid import TokenGrid
 from salt_vla.models.pixels import frames_to_input
+from salt_vla.runs.rundir import RunDirError, RunPath, resolve_run_path
 
 RANDOM_PREFIX = "random:"
 TEACHER_PREFIX = "teacher:"
 
 
-class EncoderError(ValueError):
+class EncoderError(SaltError, ValueError):
     """An ``--encoder`` value that cannot be resolved; the message says what is accepted."""
 
 
 USAGE = (
-    "use RUN_DIR or CKPT (a trained run), random:ARCH[:SEED] (ARCH: tiny, small, base, large) "
-    "or teacher:SOURCE (SOURCE: a VideoMAEv2 checkpoint, random:vit_tiny:0, or a RUN_DIR)"
+    "use RUN_DIR or CKPT (a trained run), EXPORT_DIR or ENCODER.safetensors (from `salt "
+    "export`), random:ARCH[:SEED] (ARCH: tiny, small, base, large) or teacher:SOURCE (SOURCE: a "
+    "VideoMAEv2 checkpoint, random:vit_tiny:0, or a RUN_DIR)"
 )
 
 
@@ -50,7 +57,7 @@ class FrozenEncoder:
     """A frozen network and the view it reads; :meth:`features` maps frames to tokens."""
 
     name: str  # what the user passed
-    kind: str  # "run" | "random" | "teacher"
+    kind: str  # "run" | "encoder" | "random" | "teacher"
     module: nn.Module
     view: ViewSpec
     dim: int
@@ -76,23 +83,12 @@ class FrozenEncoder:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pick_device(choice: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {choice!r}: choose auto, cpu or cuda")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def _check_same_shape(view: ViewSpec, want: ViewSpec, what: str) -> None:
+def _check_same_shape(view: ViewSpec, want: ViewSpec, what: str, also: str = "") -> None:
     if (view.num_frames, view.size) != (want.num_frames, want.size):
         raise EncoderError(
             f"{what} takes {want.num_frames} frames of {want.size} px, but the view asked for "
             f"gives {view.num_frames} frames of {view.size} px; choose a view preset of that "
-            "shape or leave --view-preset out to use the run's own view"
+            f"shape or leave --view-preset out to use the run's own view{also}"
         )
 
 
@@ -160,18 +156,43 @@ def _teacher(
                          describe, teacher.targets)
 
 
-def _run_student(name: str, view: ViewSpec | None, device: torch.device) -> FrozenEncoder:
+def _run_student(name: str, target: RunPath, view: ViewSpec | None,
+                 device: torch.device) -> FrozenEncoder:
     from salt_vla.eval.trained_run import load_run
     from salt_vla.models.checkpoint import file_sha256
 
-    run = load_run(name, device)
+    run = load_run(target.file, device)
     if view is not None:
-        _check_same_shape(view, run.view, f"the student of {run.checkpoint}")
+        _check_same_shape(view, run.view, f"the student of {run.checkpoint}",
+                          "; an export of the run (`salt export`) takes other clip shapes")
     view = view or run.view
     student = run.student
     describe = dict(run.describe, kind="run", sha256=file_sha256(run.checkpoint))
     return FrozenEncoder(name, "run", student, view, student.embed_dim, student.grid, device,
                          describe, student.forward_features)
+
+
+def _exported(name: str, target: RunPath, view: ViewSpec | None,
+              device: torch.device) -> FrozenEncoder:
+    """An export (directory or file) on its recorded view, or on ``view`` of any shape its
+    tubelet and patch divide: the position table is resampled (load_encoder's defaults)."""
+    from salt_vla.export.load import load_encoder
+    from salt_vla.models.checkpoint import file_sha256
+
+    encoder = load_encoder(Path(name).expanduser(), device)
+    own = ViewSpec.from_dict(encoder.config["view"]["spec"])
+    view = view or own
+    grid = encoder.grid_for(view.num_frames, view.size, view.size)
+    dtype = encoder.patch_embed.proj.weight.dtype  # a bf16/fp16 export keeps its stored type
+    prov, arch = encoder.config.get("provenance", {}), encoder.config["architecture"]
+    c = encoder.cfg
+    describe = {"kind": "encoder", "path": str(target.file.resolve()),
+                "sha256": file_sha256(target.file), "exp": prov.get("exp", ""),
+                "step": prov.get("step", 0), "student": arch.get("student_size", ""),
+                "dim": encoder.embed_dim, "dtype": encoder.config.get("dtype", ""),
+                "positions": {"time": c.time_positions, "space": c.space_positions}}
+    return FrozenEncoder(name, "encoder", encoder, view, encoder.embed_dim, grid, device,
+                         describe, lambda x: encoder.forward_features(x.to(dtype)))
 
 
 def resolve_encoder(
@@ -185,17 +206,18 @@ def resolve_encoder(
     ``view``: the pixels to feed it; None means the run's own view (random and teacher-file
     encoders have none, so they need one). ``teacher_arch`` sizes a ``teacher:PATH`` model.
     """
-    from salt_vla.eval.trained_run import RunError
-
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     if name.startswith(RANDOM_PREFIX):
         return _random_student(name, view, dev)
     try:
         if name.startswith(TEACHER_PREFIX):
             return _teacher(name, view, dev, teacher_arch)
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise EncoderError(f"encoder {name!r}: no such run directory or checkpoint; {USAGE}")
-        return _run_student(str(path), view, dev)
-    except RunError as e:
+        try:
+            target = resolve_run_path(name)
+        except RunDirError as e:
+            raise EncoderError(f"encoder {name!r}: {e}; {USAGE}") from e
+        if target.kind == "encoder":
+            return _exported(name, target, view, dev)
+        return _run_student(name, target, view, dev)
+    except RunDirError as e:  # the run's files are there but cannot be used
         raise EncoderError(str(e)) from e

@@ -29,32 +29,56 @@ Layout written by :func:`generate_intphys` (``salt data synth --intphys OUT``)::
 
 ``possible``/``impossible`` are paths relative to OUT; ``event_frame`` is the 0-based index
 of the first frame where the two videos differ.
+
+The same pairs in IntPhys 2's layout (:func:`generate_intphys2`, ``salt data synth --intphys
+--layout intphys2 OUT``; a fixture for the reader, no substitute for the benchmark)::
+
+    OUT/synth-intphys2.json         the generator's config ("complete": true once done)
+    OUT/<split>/metadata.csv        IntPhys 2's exact header, four rows per scene
+    OUT/<split>/Videos/<name>.mp4   H.264, ``frames`` frames at ``fps``
+
+Scene ``s`` is two pairs of one kind (pairs ``2s`` and ``2s + 1`` rendered with that kind):
+set-up 1 gives ``1_Possible``/``1_Impossible``, set-up 2 ``2_Possible``/``2_Impossible``.
+Its ``condition`` follows the kind (vanish: permanence, teleport: continuity, wall:
+solidity, colour: immutability); ``Difficulty`` and ``Camera`` cycle through IntPhys 2's
+values as labels only (the synthetic camera never moves); ``occluder`` is ``Wall`` for wall
+scenes, else ``None``; the rows of a scene come in a seeded random order, as in the release.
 """
 
 from __future__ import annotations
 
 import colorsys
+import csv
+import hashlib
+import io
 import json
 import multiprocessing
-import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from salt_vla.errors import SaltError
+from salt_vla.eval.intphys_data import HEADER, METADATA_FILE, TYPES, VALUES
+from salt_vla.files import atomic_path, write_json_atomic, write_text_atomic
 
 GENERATOR = "salt_vla.eval.intphys_synth"
 FORMAT_VERSION = 1
 PAIRS_FILE = "pairs.json"
 VIDEOS_DIR = "videos"
 KINDS: tuple[str, ...] = ("vanish", "teleport", "wall", "colour")
+LAYOUTS = ("pairs", "intphys2")
+INTPHYS2_MANIFEST = "synth-intphys2.json"
+CONDITION_OF_KIND = {"vanish": "permanence", "teleport": "continuity", "wall": "solidity",
+                     "colour": "immutability"}
 
 _PAIR_STREAM = 0x1A7F5
 
 
-class IntPhysSynthError(ValueError):
+class IntPhysSynthError(SaltError, ValueError):
     """Bad intuitive-physics synth config or output directory; the message says the fix."""
 
 
@@ -168,8 +192,10 @@ def render_pair(cfg: IntPhysSynthConfig, index: int) -> RenderedPair:
     ball = _colour(rng)
     # Horizontal flight over 50-70% of the width, on a parabolic arc (a thrown ball).
     sign = 1.0 if rng.uniform() < 0.5 else -1.0
-    travel = rng.uniform(0.5, 0.7) * w
-    start = rng.uniform(r + 1, w - r - 1 - travel)
+    # At the smallest sizes a wide flight would not fit beside the ball: shorten it (only
+    # then, so every draw and every larger frame stays as it was).
+    travel = min(rng.uniform(0.5, 0.7) * w, w - 2 * (r + 1))
+    start = rng.uniform(r + 1, max(r + 1, w - r - 1 - travel))
     x = np.linspace(0.0, travel, t) + start
     if sign < 0:
         x = (w - x)
@@ -249,46 +275,71 @@ def _teleport(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, event: int
 class IntPhysSynthSummary:
     root: Path
     pairs: int
-    by_kind: dict[str, int]
+    by_kind: dict[str, int]  # pairs per kind
     seconds: float
     workers: int
+    scenes: int = 0  # IntPhys 2 layout: scenes of two pairs each
+
+
+def _encode(path: Path, frames: np.ndarray, cfg: IntPhysSynthConfig, what: str) -> None:
+    from salt_vla.data.video import write_mp4, write_webm
+
+    writer = write_mp4 if path.suffix == ".mp4" else write_webm
+    try:
+        with atomic_path(path) as tmp:
+            writer(tmp, frames, fps=cfg.fps, crf=cfg.crf)
+    except Exception as e:  # name the file: a bare encoder error says nothing about which
+        raise IntPhysSynthError(f"{what} ({path}) failed to encode: {e!r}") from None
 
 
 def _write_one(job: tuple[IntPhysSynthConfig, int, str]) -> dict[str, Any]:
-    from salt_vla.data.video import write_webm
-
     cfg, index, videos = job
     pair = render_pair(cfg, index)
     pid = pair_id(index)
     entry = {"id": pid, "kind": pair.kind, "event_frame": pair.event_frame}
     for which, frames in (("possible", pair.possible), ("impossible", pair.impossible)):
         path = Path(videos) / f"{pid}-{which}.webm"
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            write_webm(tmp, frames, fps=cfg.fps, crf=cfg.crf)
-        except Exception as e:  # name the file: a bare encoder error says nothing about which
-            raise IntPhysSynthError(f"pair {pid} ({path}) failed to encode: {e!r}") from None
-        os.replace(tmp, path)
+        _encode(path, frames, cfg, f"pair {pid}")
         entry[which] = f"{VIDEOS_DIR}/{path.name}"
     return entry
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, manifest: str = PAIRS_FILE) -> None:
     if out.exists() and not out.is_dir():
         raise IntPhysSynthError(f"{out} exists and is not a directory; choose another path")
     if not out.exists() or not any(out.iterdir()):
         return
     try:
-        previous = json.loads((out / PAIRS_FILE).read_text()).get("generator")
+        previous = json.loads((out / manifest).read_text()).get("generator")
     except (OSError, ValueError, AttributeError):
         previous = None
     if previous != GENERATOR and not force:
         raise IntPhysSynthError(
             f"{out} is not empty and is not a previous `salt data synth --intphys` output (no "
-            f"{PAIRS_FILE} from it); refusing to write there. Choose a new or empty directory, "
+            f"{manifest} from it); refusing to write there. Choose a new or empty directory, "
             "or pass --force: files with the generated names are overwritten, nothing else is "
             "deleted."
         )
+
+
+def _run_jobs(fn: Callable[[Any], Any], jobs: list[Any], workers: int,
+              progress: Callable[[int, int], None] | None) -> tuple[list[Any], int]:
+    """``fn`` over ``jobs`` in order, in a spawned pool when ``workers`` > 1."""
+    workers = max(1, min(int(workers), len(jobs)))
+    results: list[Any] = []
+
+    def collect(it: Iterable[Any]) -> None:
+        for done, res in enumerate(it, 1):
+            results.append(res)
+            if progress:
+                progress(done, len(jobs))
+
+    if workers == 1:
+        collect(map(fn, jobs))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            collect(pool.imap(fn, jobs))
+    return results, workers
 
 
 def generate_intphys(
@@ -311,26 +362,88 @@ def generate_intphys(
     videos.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(cfg, i, str(videos)) for i in range(cfg.pairs)]
-    workers = max(1, min(int(workers), len(jobs)))
-    entries: list[dict[str, Any]] = []
-    if workers == 1:
-        for done, entry in enumerate(map(_write_one, jobs), 1):
-            entries.append(entry)
-            if progress:
-                progress(done, len(jobs))
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for done, entry in enumerate(pool.imap(_write_one, jobs), 1):
-                entries.append(entry)
-                if progress:
-                    progress(done, len(jobs))
+    entries, workers = _run_jobs(_write_one, jobs, workers, progress)
     manifest = {
         "generator": GENERATOR, "format_version": FORMAT_VERSION, "complete": True,
         "config": cfg.to_dict(), "frames": cfg.frames, "fps": cfg.fps, "height": cfg.height,
         "width": cfg.width, "pairs": entries,
     }
-    tmp = out / f".{PAIRS_FILE}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / PAIRS_FILE)
+    write_json_atomic(out / PAIRS_FILE, manifest)
     by_kind = {k: sum(e["kind"] == k for e in entries) for k in cfg.kinds}
     return IntPhysSynthSummary(out, len(entries), by_kind, time.perf_counter() - t0, workers)
+
+
+# --- the IntPhys 2 layout -------------------------------------------------------------------
+
+
+def intphys2_name(cfg: IntPhysSynthConfig, scene: int, type_: str) -> str:
+    """A 64-hex-digit video name, as IntPhys 2's are, determined by seed, scene and type."""
+    return hashlib.sha256(f"{GENERATOR}:{cfg.seed}:{scene}:{type_}".encode()).hexdigest()
+
+
+def intphys2_rows(cfg: IntPhysSynthConfig, scene: int) -> list[dict[str, str]]:
+    """The four metadata rows of scene ``scene`` (module doc), in the seeded row order."""
+    kind = cfg.kinds[scene % len(cfg.kinds)]
+    rows = [{
+        "SceneIndex": str(scene), "name": intphys2_name(cfg, scene, t),
+        "file_name": f"Videos/{intphys2_name(cfg, scene, t)}.mp4",
+        "game_name": f"SynthBall{kind.capitalize()}", "condition": CONDITION_OF_KIND[kind],
+        "env": "SynthLevel_0", "type": t, "occluder": "Wall" if kind == "wall" else "None",
+        "Difficulty": VALUES["Difficulty"][scene % 3],
+        "Camera": VALUES["Camera"][(scene // 2) % 2],
+    } for t in TYPES]
+    order = np.random.default_rng([_PAIR_STREAM, cfg.seed, scene, 2]).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def _write_scene(job: tuple[IntPhysSynthConfig, int, str]) -> list[dict[str, str]]:
+    cfg, scene, split_dir = job
+    rows = intphys2_rows(cfg, scene)
+    kind_cfg = replace(cfg, kinds=(cfg.kinds[scene % len(cfg.kinds)],))
+    rendered = {n: render_pair(kind_cfg, 2 * scene + i) for i, n in enumerate(("1", "2"))}
+    for row in rows:
+        setup, outcome = row["type"].split("_")
+        frames = getattr(rendered[setup], outcome.lower())
+        _encode(Path(split_dir) / row["file_name"], frames, cfg, f"scene {scene} {row['type']}")
+    return rows
+
+
+def generate_intphys2(
+    out: Path | str,
+    cfg: IntPhysSynthConfig,
+    *,
+    split: str = "Main",
+    workers: int = 1,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> IntPhysSynthSummary:
+    """Write ``cfg.pairs // 2`` scenes in IntPhys 2's layout under ``out`` (module doc).
+
+    ``metadata.csv`` is written after every video it names, then the manifest is marked
+    complete. ``progress(done, total)`` after each scene. The summary counts scenes.
+    """
+    out = Path(out)
+    scenes = cfg.pairs // 2
+    if scenes < 1:
+        raise IntPhysSynthError(f"pairs={cfg.pairs}: the IntPhys 2 layout needs 2 pairs a "
+                                "scene (--videos 4 or more)")
+    _check_out(out, force, INTPHYS2_MANIFEST)
+    split_dir = out / split
+    (split_dir / "Videos").mkdir(parents=True, exist_ok=True)
+    manifest = {"generator": GENERATOR, "layout": "intphys2", "format_version": FORMAT_VERSION,
+                "complete": False, "split": split, "scenes": scenes, "config": cfg.to_dict()}
+    write_json_atomic(out / INTPHYS2_MANIFEST, manifest)
+    t0 = time.perf_counter()
+    jobs = [(cfg, s, str(split_dir)) for s in range(scenes)]
+    per_scene, workers = _run_jobs(_write_scene, jobs, workers, progress)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HEADER, lineterminator="\n")
+    writer.writeheader()
+    for rows in per_scene:
+        writer.writerows(rows)
+    write_text_atomic(split_dir / METADATA_FILE, text.getvalue())
+    write_json_atomic(out / INTPHYS2_MANIFEST, {**manifest, "complete": True})
+    kinds = [cfg.kinds[sc % len(cfg.kinds)] for sc in range(scenes)]
+    by_kind = {k: 2 * kinds.count(k) for k in cfg.kinds if k in kinds}
+    return IntPhysSynthSummary(out, 2 * scenes, by_kind, time.perf_counter() - t0, workers,
+                               scenes)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from salt_vla.errors import ConfigError, nonfinite_fields
 from salt_vla.models.grid import TokenGrid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 from salt_vla.models.student import LayerNorm, init_vit_weights, make_blocks
@@ -71,18 +72,20 @@ class ProbeConfig:
     val_every: int = 1
 
     def __post_init__(self) -> None:
+        if bad := nonfinite_fields(self):  # NaN passes every range check below
+            raise ConfigError(f"probe {', '.join(bad)}: must be a finite number")
         if self.kind not in PROBE_KINDS:
-            raise ValueError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
+            raise ConfigError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
         if self.positions not in PROBE_POSITIONS:
-            raise ValueError(f"probe positions {self.positions!r}: choose one of "
+            raise ConfigError(f"probe positions {self.positions!r}: choose one of "
                              f"{', '.join(PROBE_POSITIONS)}")
         for name in ("epochs", "batch_size", "heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"probe {name} must be >= 1, got {getattr(self, name)}")
         if self.val_every < 0:
-            raise ValueError(f"probe val_every must be >= 0, got {self.val_every}")
+            raise ConfigError(f"probe val_every must be >= 0, got {self.val_every}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError("probe lr must be > 0, weight_decay and warmup_epochs >= 0")
+            raise ConfigError("probe lr must be > 0, weight_decay and warmup_epochs >= 0")
 
     @property
     def depth(self) -> int:
@@ -138,8 +141,14 @@ def as_grid(grid: TokenGrid | tuple[int, int, int] | None) -> TokenGrid | None:
 
 def feature_rms(x: np.ndarray, clips: int = RMS_CLIPS) -> float:
     """Root mean square of the features ``[n, N, D]`` of the first ``clips`` clips (float64
-    accumulation: float16 features of norm ~100 overflow a float16 sum of squares)."""
-    sub = np.asarray(x[: max(1, clips)], dtype=np.float64)
+    accumulation: float16 features of norm ~100 overflow a float16 sum of squares). A
+    streaming source (``batches``) is read for those clips only."""
+    n = max(1, min(clips, x.shape[0]))
+    if hasattr(x, "batches"):
+        xb, _ = next(iter(x.batches(np.arange(n), n, torch.device("cpu"))))
+        sub = xb.double().numpy()
+    else:
+        sub = np.asarray(x[:n], dtype=np.float64)
     return float(np.sqrt(np.mean(sub * sub)))
 
 
@@ -239,6 +248,9 @@ class ProbeResult:
 
 
 def _batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, size: int, device: torch.device):
+    if hasattr(x, "batches"):  # a streaming source (eval/features.py StreamedFeatures)
+        yield from x.batches(order, size, device)
+        return
     for start in range(0, len(order), size):
         # Sorted reads are sequential on a memory-mapped .npy; labels follow the same order.
         idx = np.sort(order[start:start + size])
@@ -251,13 +263,14 @@ def evaluate_probe(
 ) -> tuple[float, float]:
     """(top-1, top-5) of ``probe`` on features ``x`` with labels ``y``."""
     probe.eval()
-    c1 = c5 = 0
+    c1 = c5 = n = 0
     with torch.no_grad():
         for xb, yb in _batches(x, y, np.arange(len(y)), batch_size, device):
             logits = probe(xb).float()
             c1 += topk_correct(logits, yb, 1)
             c5 += topk_correct(logits, yb, 5)
-    return c1 / len(y), c5 / len(y)
+            n += len(yb)  # a stream drops clips that fail to decode: score those it had
+    return c1 / max(n, 1), c5 / max(n, 1)
 
 
 def train_probe(
@@ -273,6 +286,9 @@ def train_probe(
 ) -> ProbeResult:
     """Train an attentive probe on ``train_x`` ``[n, N, D]`` (any float dtype, may be a memory
     map) with labels ``train_y`` ``[n]``; report top-1/top-5 on ``val_x``/``val_y``.
+    ``train_x`` / ``val_x`` may instead be streaming sources (an object with ``shape`` and
+    ``batches(order, size, device)``, e.g. :class:`~salt_vla.eval.features.StreamedFeatures`),
+    which make each batch on demand; their labels are still passed as ``train_y`` / ``val_y``.
 
     ``grid``: the encoder's token grid (``TokenGrid`` or ``(t, h, w)``, ``N`` tokens in
     time-major order); required when ``cfg.positions`` is ``fixed`` or ``learned``.

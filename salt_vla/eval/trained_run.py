@@ -8,7 +8,8 @@ came from, which is how we find the frozen teacher again: for cached targets its
 names the store, whose ``cache.json`` records ``teacher_source`` (checkpoint path or
 ``random:ARCH:SEED``) and the teacher's arch, layer, target norm and sha256.
 
-This module only reads those files; it owns none of their formats.
+This module only reads those files; it owns none of their formats: the run directory's are
+:mod:`salt_vla.runs.rundir`'s, the store's :mod:`salt_vla.cache.format`'s.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from typing import Any
 
 import torch
 
+from salt_vla.cache.format import MANIFEST
 from salt_vla.models.predictor import Predictor
 from salt_vla.models.student import Student
 from salt_vla.models.teacher import TeacherSpec
-
-CONFIG_NAME = "config.json"
-CKPT_NAME = "ckpt.pt"
-CACHE_MANIFEST = "cache.json"
+from salt_vla.runs.rundir import CONFIG_NAME, RunDirError, read_run_config, resolve_run_path
 
 
-class RunError(ValueError):
+class RunError(RunDirError):
     """A run directory or checkpoint that cannot be evaluated; the message says the fix."""
 
 
@@ -48,22 +47,6 @@ class TrainedRun:
     describe: dict[str, Any] = field(default_factory=dict)
 
 
-def find_checkpoint(path: Path | str) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint)`` for a run directory (its ``ckpt.pt``) or a checkpoint file."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        ckpt = path / CKPT_NAME
-        if not ckpt.is_file():
-            raise RunError(
-                f"{path} holds no {CKPT_NAME}: is it a `salt train` run directory? Train first "
-                f"(`salt train --exp NAME --out {path}`) or pass the checkpoint file itself"
-            )
-        return path, ckpt
-    if path.is_file():
-        return path.parent, path
-    raise RunError(f"no run directory or checkpoint file at {path}")
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -76,11 +59,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_run(path: Path | str, device: str | torch.device = "cpu") -> TrainedRun:
     """Load the student and predictor of a run directory or training checkpoint, frozen."""
+    from salt_vla.errors import ConfigError
     from salt_vla.trainer.build import predictor_config, student_config, view_spec
     from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig
+    from salt_vla.trainer.experiments import TrainConfig
 
-    run_dir, ckpt = find_checkpoint(path)
+    target = resolve_run_path(path, ("run", "checkpoint"))
+    run_dir, ckpt = target.run_dir, target.file
     try:
         state = load_checkpoint(ckpt)
         cfg = TrainConfig.from_dict(state["config"])
@@ -89,9 +74,7 @@ def load_run(path: Path | str, device: str | torch.device = "cpu") -> TrainedRun
         p_cfg = predictor_config(cfg, s_cfg)
     except (CheckpointError, ConfigError, KeyError) as e:
         raise RunError(f"cannot use checkpoint {ckpt}: {e}") from e
-    cfg_path = run_dir / CONFIG_NAME
-    run_meta = _read_json(cfg_path) if cfg_path.is_file() else {}
-    run_meta.pop("config", None)
+    run_meta = read_run_config(run_dir)[1]
     student, predictor = Student(s_cfg), Predictor(p_cfg)
     for name, module in (("student", student), ("predictor", predictor)):
         try:
@@ -131,26 +114,27 @@ def run_teacher_source(run: TrainedRun, override: str | None = None) -> TeacherS
 
     Cached targets: from the store named in ``config.json`` (``data.cache``): its
     ``cache.json`` has ``teacher_source`` and the teacher spec. Online targets: the config's
-    ``teacher_ckpt``. ``override`` replaces the source path (e.g. the checkpoint moved); the
+    ``teacher``. ``override`` replaces the source path (e.g. the checkpoint moved); the
     loaded teacher must still have the recorded sha256 (checked by :func:`check_teacher`).
     """
     cfg = run.config
     view = run.view
     if cfg.targets == "online":
         spec = TeacherSpec(
-            arch=cfg.teacher, num_frames=view.num_frames, img_size=view.size, tubelet=cfg.tubelet,
-            patch=cfg.patch, layer=cfg.teacher_layer, target_norm=cfg.target_norm,
+            arch=cfg.teacher_arch, num_frames=view.num_frames, img_size=view.size,
+            tubelet=cfg.tubelet, patch=cfg.patch, layer=cfg.teacher_layer,
+            target_norm=cfg.target_norm,
         )
-        return TeacherSource(override or cfg.teacher_ckpt, spec, "", f"{run.checkpoint} config")
+        return TeacherSource(override or cfg.teacher, spec, "", f"{run.checkpoint} config")
     data = run.run_meta.get("data", {})
     recorded = data.get("teacher") or {}
     cache = data.get("cache")
     manifest: dict[str, Any] = {}
     where = str(run.run_dir / CONFIG_NAME)
-    if cache and (Path(cache) / CACHE_MANIFEST).is_file():
-        manifest = _read_json(Path(cache) / CACHE_MANIFEST)
+    if cache and (Path(cache) / MANIFEST).is_file():
+        manifest = _read_json(Path(cache) / MANIFEST)
         recorded = manifest.get("teacher", recorded)
-        where = str(Path(cache) / CACHE_MANIFEST)
+        where = str(Path(cache) / MANIFEST)
     source = override or manifest.get("teacher_source")
     if not source and str(recorded.get("sha256", "")).startswith("random:"):
         source = recorded["sha256"]  # a random teacher is named completely by its sha field
@@ -158,13 +142,14 @@ def run_teacher_source(run: TrainedRun, override: str | None = None) -> TeacherS
         raise RunError(
             f"cannot find the teacher of run {run.run_dir}: config.json names the cache "
             f"{cache!r}, which {'has no teacher_source' if manifest else 'is not there'}. "
-            "Pass the teacher checkpoint explicitly (--teacher PATH)"
+            "Name the teacher checkpoint yourself: `salt eval probe --encoder teacher:PATH "
+            "--teacher-arch ARCH`, `salt eval intphys --teacher PATH`"
         )
     if not recorded:
         # Nothing recorded (e.g. a run fed from memory): the config's teacher keys, unchecked.
         where = f"{run.checkpoint} config (no recorded teacher: sha256 not checked)"
     spec = TeacherSpec(
-        arch=recorded.get("arch", cfg.teacher),
+        arch=recorded.get("arch", cfg.teacher_arch),
         num_frames=int(recorded.get("num_frames", view.num_frames)),
         img_size=int(recorded.get("img_size", view.size)),
         tubelet=int(recorded.get("tubelet", cfg.tubelet)),
@@ -180,5 +165,7 @@ def check_teacher(teacher: Any, source: TeacherSource) -> None:
     if source.sha256 and teacher.sha256 != source.sha256:
         raise RunError(
             f"teacher {source.source} has sha256 {teacher.sha256} but the run was trained on "
-            f"targets of {source.sha256} (per {source.where}); point --teacher at that checkpoint"
+            f"targets of {source.sha256} (per {source.where}): restore that checkpoint, or "
+            "name it yourself (`salt eval intphys --teacher PATH`, `salt eval probe --encoder "
+            "teacher:PATH`)"
         )

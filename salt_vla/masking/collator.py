@@ -12,6 +12,10 @@ batch minimum (per group, context and target separately). Which tokens go depend
 
 Both are deterministic. Tube and random masks have equal counts already and lose nothing;
 ratio masks lose at most a few tokens.
+
+Every batch's indices are checked here, on the host, once (:func:`check_group`): in range for
+the grid and non-empty. The model does not read index values during training (on a GPU that
+read would synchronise with the host every step; under ``torch.compile`` it breaks the graph).
 """
 
 from __future__ import annotations
@@ -37,6 +41,21 @@ def truncate_indices(idx: np.ndarray, keep: int, rng: np.random.Generator | None
     if rng is None or keep == len(idx):
         return idx[:keep]
     return np.sort(idx[rng.choice(len(idx), size=keep, replace=False)])
+
+
+def check_group(ctx: np.ndarray, tgt: np.ndarray, num_tokens: int, group: int) -> None:
+    """A batch's ``[B, Nc]`` context and ``[B, Nt]`` target indices of mask group ``group``
+    must be non-empty token positions of a grid of ``num_tokens`` tokens."""
+    for what, idx in (("ctx_idx", ctx), ("tgt_idx", tgt)):
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise ValueError(f"MaskCollator: mask group {group} has {what} of shape "
+                             f"{idx.shape}; every sample needs at least one {what[:3]} token "
+                             "(lower mask_ratio or change the mask strategy)")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= num_tokens:
+            raise ValueError(f"MaskCollator: mask group {group} has {what} in [{lo}, {hi}] but "
+                             f"the grid has {num_tokens} tokens: the mask strategy drew "
+                             "positions outside the grid it was given")
 
 
 def _as_int(sample: dict[str, Any], key: str, pos: int) -> int:
@@ -107,5 +126,8 @@ class MaskCollator:
                     rng = mask_rng(self.seed, epoch, i, g, TRUNCATION)
                 ctx.append(truncate_indices(c, n_ctx, rng))
                 tgt.append(truncate_indices(t, n_tgt, rng))
-            out.append((torch.from_numpy(np.stack(ctx)), torch.from_numpy(np.stack(tgt))))
+            ctx_b = np.stack(ctx).astype(np.int64, copy=False)
+            tgt_b = np.stack(tgt).astype(np.int64, copy=False)
+            check_group(ctx_b, tgt_b, self.grid.num_tokens, g)
+            out.append((torch.from_numpy(ctx_b), torch.from_numpy(tgt_b)))
         return out

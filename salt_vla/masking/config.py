@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from salt_vla.errors import ConfigError
+
 STRATEGIES = ("multiblock", "ratio", "tube", "random", "temporal")
 TRUNCATIONS = ("tail", "random")
 TEMPORAL_DIRECTIONS = ("both", "forward")
@@ -31,7 +33,7 @@ TEMPORAL_DIRECTIONS = ("both", "forward")
 
 def _check_range(name: str, rng: tuple[float, float], lo: float, hi: float) -> None:
     if len(rng) != 2 or not (lo < rng[0] <= rng[1] <= hi):
-        raise ValueError(f"{name}={rng!r}: need ({lo} < min <= max <= {hi})")
+        raise ConfigError(f"{name}={rng!r}: need ({lo} < min <= max <= {hi})")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class BlockGroup:
         for name in ("spatial_scale", "aspect_ratio", "temporal_scale"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.num_blocks < 0:
-            raise ValueError(f"num_blocks={self.num_blocks} must be >= 0")
+            raise ConfigError(f"num_blocks={self.num_blocks} must be >= 0")
         _check_range("spatial_scale", self.spatial_scale, 0.0, 1.0)
         _check_range("temporal_scale", self.temporal_scale, 0.0, 1.0)
         _check_range("aspect_ratio", self.aspect_ratio, 0.0, float("inf"))
@@ -103,22 +105,22 @@ class MaskConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
+            raise ConfigError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}")
         if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio={self.ratio}: the masked fraction must be in (0, 1)")
+            raise ConfigError(f"ratio={self.ratio}: the masked fraction must be in (0, 1)")
         if self.truncate not in TRUNCATIONS:
-            raise ValueError(f"truncate={self.truncate!r}: choose one of {TRUNCATIONS}")
+            raise ConfigError(f"truncate={self.truncate!r}: choose one of {TRUNCATIONS}")
         if self.min_context < 1:
-            raise ValueError(f"min_context={self.min_context}: must be >= 1")
+            raise ConfigError(f"min_context={self.min_context}: must be >= 1")
         if self.max_tries < 1:
-            raise ValueError(f"max_tries={self.max_tries}: must be >= 1")
+            raise ConfigError(f"max_tries={self.max_tries}: must be >= 1")
         if self.temporal_direction not in TEMPORAL_DIRECTIONS:
-            raise ValueError(f"temporal_direction={self.temporal_direction!r}: choose one of "
+            raise ConfigError(f"temporal_direction={self.temporal_direction!r}: choose one of "
                              f"{TEMPORAL_DIRECTIONS}")
         if self.temporal_max_context < 0:
-            raise ValueError(f"temporal_max_context={self.temporal_max_context}: must be >= 0")
+            raise ConfigError(f"temporal_max_context={self.temporal_max_context}: must be >= 0")
         if self.strategy == "temporal" and self.temporal_group:
-            raise ValueError("strategy='temporal' is already one temporal group: leave "
+            raise ConfigError("strategy='temporal' is already one temporal group: leave "
                              "temporal_group off")
         groups = tuple(g if isinstance(g, BlockGroup) else BlockGroup(**g) for g in self.groups)
         object.__setattr__(self, "groups", groups)
@@ -126,12 +128,12 @@ class MaskConfig:
             object.__setattr__(self, "ratio_block", BlockGroup(**self.ratio_block))
         if self.strategy == "multiblock":
             if not groups:
-                raise ValueError("strategy='multiblock' needs at least one block group")
+                raise ConfigError("strategy='multiblock' needs at least one block group")
             for i, g in enumerate(groups):
                 if g.num_blocks < 1:
-                    raise ValueError(f"groups[{i}].num_blocks={g.num_blocks}: must be >= 1")
+                    raise ConfigError(f"groups[{i}].num_blocks={g.num_blocks}: must be >= 1")
         if self.strategy == "ratio" and not self.ratio_block.spans_time:
-            raise ValueError(
+            raise ConfigError(
                 "strategy='ratio' uses time-spanning blocks: set ratio_block.temporal_scale "
                 "to (1.0, 1.0)"
             )

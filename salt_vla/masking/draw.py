@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_vla.errors import ConfigError
+from salt_vla.files import atomic_path
 from salt_vla.masking.config import MaskConfig
 from salt_vla.masking.sampling import batch_block_sizes, sample_group_masks
 from salt_vla.models.grid import TokenGrid
@@ -29,7 +31,7 @@ def draw_masks_png(
     from matplotlib.figure import Figure
 
     if samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1")
+        raise ConfigError(f"samples={samples} must be >= 1")
     sizes = batch_block_sizes(cfg, grid, seed, epoch, batch_key)
     rows = []
     for i in range(samples):
@@ -61,6 +63,6 @@ def draw_masks_png(
         pad=14,
     )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight", pad_inches=0.1)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     return out

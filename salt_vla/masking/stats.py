@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from salt_vla.errors import ConfigError
 from salt_vla.masking.blocks import GroupMask
 from salt_vla.masking.config import MaskConfig
 from salt_vla.masking.sampling import batch_block_sizes, sample_group_masks
@@ -56,7 +57,7 @@ def mask_statistics(
     edges visible more often than the centre).
     """
     if n < 1 or batch_size < 1:
-        raise ValueError(f"n={n} and batch_size={batch_size} must be >= 1")
+        raise ConfigError(f"n={n} and batch_size={batch_size} must be >= 1")
     ring = _border(grid)
     groups: list[dict[str, list[Any]]] = [
         {k: [] for k in ("ratio", "tgt", "ctx", "nt", "nc", "dt", "dc", "nb", "bt", "bh", "bw")}
@@ -128,3 +129,62 @@ def mask_statistics(
         "config": cfg.to_dict(),
         "groups": out_groups,
     }
+
+
+def format_mask_statistics(stats: dict[str, Any], cfg: MaskConfig, grid: TokenGrid, *,
+                           frames: int, size: int, tubelet: int, patch: int, seed: int,
+                           epoch: int, n: int, batch: int) -> list[str]:
+    """The lines `salt masks preview` prints for :func:`mask_statistics`'s ``stats`` (drawn
+    for ``cfg`` on ``grid``: ``frames`` x ``size`` px clips in ``tubelet`` x ``patch`` tokens)."""
+    strategy, ratio, truncate = cfg.strategy, cfg.ratio, cfg.truncate
+    lines: list[str] = []
+    lines.append(
+        f"grid: {grid.t}x{grid.h}x{grid.w} = {grid.num_tokens} tokens ({frames} frames, "
+        f"{size} px, tubelet {tubelet}, patch {patch})"
+    )
+    lines.append(
+        f"strategy: {strategy}, seed {seed}, epoch {epoch}, {n} samples in batches of "
+        f"{batch}, truncate {truncate}"
+    )
+    for g, s in enumerate(stats["groups"]):
+        if strategy == "multiblock":
+            spec = cfg.groups[g]
+            head = (
+                f"{spec.num_blocks} blocks, spatial scale {spec.spatial_scale}, aspect "
+                f"{spec.aspect_ratio}, temporal scale {spec.temporal_scale}"
+            )
+        elif strategy == "ratio":
+            head = f"ratio {ratio}, block spatial scale {cfg.ratio_block.spatial_scale}"
+        else:
+            head = f"ratio {ratio}"
+        r = s["ratio"]
+        lines.append(f"group {g} ({head})")
+        lines.append(
+            f"  realised ratio     mean {r['mean']:.4f}  std {r['std']:.4f}  "
+            f"min {r['min']:.4f}  max {r['max']:.4f}"
+        )
+        lines.append(
+            f"  per sample         target {s['target_tokens']['mean']:.1f}  "
+            f"context {s['context_tokens']['mean']:.1f} tokens"
+        )
+        lines.append(
+            f"  after collation    target {s['collated_target_tokens']['mean']:.1f} "
+            f"(drops {100 * s['dropped_target_frac']['mean']:.1f}%)  context "
+            f"{s['collated_context_tokens']['mean']:.1f} "
+            f"(drops {100 * s['dropped_context_frac']['mean']:.1f}%)"
+        )
+        if s["blocks_per_mask"] is not None:
+            common = ", ".join(f"{k} ({v})" for k, v in s["batch_block_sizes"].items())
+            lines.append(
+                f"  blocks             {s['blocks_per_mask']['mean']:.2f} per mask "
+                f"(min {s['blocks_per_mask']['min']:.0f}, max {s['blocks_per_mask']['max']:.0f});"
+                f" h x w mean {s['block_h']['mean']:.2f} x {s['block_w']['mean']:.2f}"
+            )
+            lines.append(f"  batch block sizes  t x h x w (batches): {common}")
+        lines.append(f"  spans all time     {'yes' if s['spans_time'] else 'no'}")
+        if s["context_border_frac"] is not None:
+            lines.append(
+                f"  context on border  {100 * s['context_border_frac']['mean']:.1f}% of "
+                f"visible positions (the border is {100 * stats['border_share']:.1f}% of them)"
+            )
+    return lines

@@ -3,7 +3,7 @@
 Model-agnostic: a checkpoint file becomes a flat ``{key: tensor}`` state dict plus where it
 came from (path, sha256, which wrapper held it, which prefix was stripped). Loaders for a
 particular model (the teacher, later student/predictor exports) compare it against their
-own key layout with :func:`diff_state_dict` and raise :class:`CheckpointError` with the
+own key layout with :func:`diff_state_dict` and raise :class:`StateDictError` with the
 diff's :meth:`KeyDiff.format` text, so every loader fails the same readable way.
 
 Formats: ``.safetensors`` (read with safetensors), anything else through
@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path
+
 WRAPPER_KEYS: tuple[str, ...] = ("model", "module", "state_dict")
 """Keys under which training scripts store the state dict, tried in this order."""
 
@@ -37,7 +40,7 @@ the wrong weights without a word.
 _CHUNK = 1 << 20
 
 
-class CheckpointError(ValueError):
+class StateDictError(SaltError, ValueError):
     """A checkpoint file that cannot be read or does not fit the model; names the file."""
 
     def __init__(self, path: str | Path, message: str) -> None:
@@ -79,27 +82,27 @@ def unwrap_state_dict(
     """Find the flat ``{str: Tensor}`` state dict in a loaded checkpoint object.
 
     Descends through :data:`WRAPPER_KEYS` (at most ``max_depth`` levels); returns the state
-    dict and the wrapper keys taken. Raises :class:`CheckpointError` describing what was found.
+    dict and the wrapper keys taken. Raises :class:`StateDictError` describing what was found.
     """
     taken: list[str] = []
     for _ in range(max_depth + 1):
         if _is_state_dict(obj):
             return dict(obj.items()), tuple(taken)  # type: ignore[union-attr]
         if not isinstance(obj, Mapping):
-            raise CheckpointError(
+            raise StateDictError(
                 path, f"expected a state dict (a dict of tensors), found {type(obj).__name__}"
             )
         key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
             top = ", ".join(repr(k) for k in list(obj)[:12]) or "nothing"
-            raise CheckpointError(
+            raise StateDictError(
                 path,
                 "no state dict found: expected a dict of tensors, or one under "
                 f"{' / '.join(repr(k) for k in WRAPPER_KEYS)}; top-level keys: {top}",
             )
         taken.append(key)
         obj = obj[key]
-    raise CheckpointError(path, f"state dict nested deeper than {max_depth} wrappers")
+    raise StateDictError(path, f"state dict nested deeper than {max_depth} wrappers")
 
 
 def strip_uniform_prefix(
@@ -129,9 +132,9 @@ def _torch_load(path: Path) -> object:
         # torch's message is long; keep the line naming the refused class, if any.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found is None:
-            raise CheckpointError(path, f"not a readable PyTorch checkpoint: {e}") from e
+            raise StateDictError(path, f"not a readable PyTorch checkpoint: {e}") from e
         if found.group(1) != "argparse.Namespace":
-            raise CheckpointError(
+            raise StateDictError(
                 path,
                 f"torch.load(weights_only=True) refused the class {found.group(1)} in it. "
                 "If you trust the file, re-save only its weights: torch.save(torch.load(p, "
@@ -143,9 +146,9 @@ def _torch_load(path: Path) -> object:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e2:
-            raise CheckpointError(path, f"torch.load(weights_only=True) failed: {e2}") from e2
+            raise StateDictError(path, f"torch.load(weights_only=True) failed: {e2}") from e2
     except Exception as e:
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint: {e}") from e
+        raise StateDictError(path, f"not a readable PyTorch checkpoint: {e}") from e
 
 
 def read_state_dict(
@@ -154,14 +157,14 @@ def read_state_dict(
     """Read ``path`` into a flat state dict: ``(state, wrapper keys, stripped prefix)``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(path, "file not found")
+        raise StateDictError(path, "file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             obj: object = load_file(str(path), device="cpu")
         except Exception as e:
-            raise CheckpointError(path, f"not a readable safetensors file: {e}") from e
+            raise StateDictError(path, f"not a readable safetensors file: {e}") from e
     else:
         obj = _torch_load(path)
     state, wrapper = unwrap_state_dict(obj, path)
@@ -284,14 +287,12 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path
     truncated file under the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(tensors, str(tmp))
-    else:
-        torch.save(tensors, tmp)
-    tmp.replace(path)
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
     return path

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from salt_vla.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TokenGrid:
@@ -34,7 +36,7 @@ class TokenGrid:
 def token_grid(num_frames: int, img_size: int, tubelet: int = 2, patch: int = 16) -> TokenGrid:
     """Grid for ``num_frames`` frames of ``img_size`` square pixels; sizes must divide."""
     if num_frames % tubelet:
-        raise ValueError(f"num_frames={num_frames} is not a multiple of tubelet={tubelet}")
+        raise ConfigError(f"num_frames={num_frames} is not a multiple of tubelet={tubelet}")
     if img_size % patch:
-        raise ValueError(f"img_size={img_size} is not a multiple of patch={patch}")
+        raise ConfigError(f"img_size={img_size} is not a multiple of patch={patch}")
     return TokenGrid(num_frames // tubelet, img_size // patch, img_size // patch)

@@ -1,14 +1,17 @@
 """Fixed 3-D sin-cos position embedding over a TokenGrid, shared by student and predictor.
 
 The table is a pure function of (dim, grid), so it is never learned and never stored in
-checkpoints: a model rebuilt for the same grid gets the same numbers, and one rebuilt for a
-different grid (more frames, larger crops) gets a consistent table for free.
+checkpoints: a model rebuilt for the same grid gets the same numbers. A clip of another shape
+(more frames, larger crops) gets the table at resampled positions (:func:`resampled_positions`:
+the same extent with more or fewer tokens, or the same spacing over a larger or smaller
+extent); docs/export.md says which fits which clip.
 """
 
 from __future__ import annotations
 
 import torch
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid
 
 
@@ -40,10 +43,20 @@ def sincos_pos_embed_3d(dim: int, grid: TokenGrid) -> torch.Tensor:
     embedding of that coordinate (see :func:`axis_dims` for the channel split). Computed in
     float64 so the values do not depend on the device's float32 math.
     """
+    return sincos_table_3d(dim, torch.arange(grid.t), torch.arange(grid.h), torch.arange(grid.w))
+
+
+def sincos_table_3d(
+    dim: int, t_pos: torch.Tensor, y_pos: torch.Tensor, x_pos: torch.Tensor
+) -> torch.Tensor:
+    """The 3-D table of :func:`sincos_pos_embed_3d` at given (possibly fractional) positions
+    per axis: ``[len(t_pos) * len(y_pos) * len(x_pos), dim]`` float32, time-major.
+
+    Integer positions ``0..n-1`` give the training table; other positions serve a clip of
+    another shape (:func:`resampled_positions`).
+    """
     dt, dh, dw = axis_dims(dim)
-    tt, yy, xx = torch.meshgrid(
-        torch.arange(grid.t), torch.arange(grid.h), torch.arange(grid.w), indexing="ij"
-    )
+    tt, yy, xx = torch.meshgrid(t_pos, y_pos, x_pos, indexing="ij")
     table = torch.cat(
         [
             sincos_1d(dt, tt.reshape(-1)),
@@ -53,3 +66,25 @@ def sincos_pos_embed_3d(dim: int, grid: TokenGrid) -> torch.Tensor:
         dim=1,
     )
     return table.to(torch.float32)
+
+
+POSITION_MODES = ("scaled", "integer")
+
+
+def resampled_positions(native: int, n: int, mode: str) -> torch.Tensor:
+    """float64 positions of ``n`` tokens along an axis that had ``native`` tokens in training.
+
+    ``"scaled"``: the ``n`` tokens cover the same extent as the ``native`` ones (same time span,
+    same field of view, more or fewer tokens): token ``i``'s centre sits at
+    ``(i + 0.5) * native / n - 0.5`` in training units, the centre-aligned mapping of
+    ``F.interpolate(align_corners=False)``. ``"integer"``: tokens keep the training spacing and
+    the clip covers more or less (``0..n-1``; beyond ``native - 1`` the table extrapolates).
+    Both give exactly ``0..native-1`` when ``n == native``.
+    """
+    if mode not in POSITION_MODES:
+        raise ConfigError(f"position mode must be one of {', '.join(POSITION_MODES)}, got "
+                          f"{mode!r}")
+    idx = torch.arange(n, dtype=torch.float64)
+    if mode == "integer":
+        return idx
+    return (idx + 0.5) * (native / n) - 0.5

@@ -4,7 +4,8 @@ target positions.
 Context tokens are projected to the (narrow) predictor width and given their fixed 3-D
 positions; every target position gets the same learned mask token plus its position. Both
 sets go through timm blocks together and only the target outputs are projected to the
-teacher's width. No autocast here: the trainer owns precision.
+teacher's width (the parts it shares with the pixel decoder: ``target_head.py``). No autocast
+here: the trainer owns precision.
 """
 
 from __future__ import annotations
@@ -12,18 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
-from salt_vla.models.posembed import sincos_pos_embed_3d
-from salt_vla.models.student import (
-    LayerNorm,
-    StudentConfig,
-    check_context,
-    init_vit_weights,
-    make_blocks,
-    run_blocks,
-)
+from salt_vla.models.student import StudentConfig
+from salt_vla.models.target_head import TargetHead
 
 
 @dataclass(frozen=True)
@@ -53,9 +47,10 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
-            raise ValueError(f"predictor width={self.width} is not divisible by heads={self.heads}")
+            raise ConfigError(
+                f"predictor width={self.width} is not divisible by heads={self.heads}")
         if min(self.in_dim, self.out_dim, self.width) <= 0 or self.depth < 0:
-            raise ValueError(f"predictor dims must be positive and depth >= 0: {self}")
+            raise ConfigError(f"predictor dims must be positive and depth >= 0: {self}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
 
     @property
@@ -78,35 +73,17 @@ class PredictorConfig:
         return replace(base, **overrides)
 
 
-class Predictor(nn.Module):
+class Predictor(TargetHead):
     """Predicts ``[B, Nt, out_dim]`` target latents from ``[B, Nc, in_dim]`` context tokens."""
 
     def __init__(self, cfg: PredictorConfig) -> None:
-        super().__init__()
+        super().__init__(
+            in_dim=cfg.in_dim, out_dim=cfg.out_dim, width=cfg.width, depth=cfg.depth,
+            heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+            drop_path=cfg.drop_path, grid=cfg.grid, grad_checkpointing=cfg.grad_checkpointing,
+            head_name="proj", in_norm=False, source="student",
+        )
         self.cfg = cfg
-        self._grid = cfg.grid
-        self.embed = nn.Linear(cfg.in_dim, cfg.width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        # Not persistent: a pure function of (width, grid), recomputed on construction.
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_3d(cfg.width, self._grid), persistent=False
-        )
-        self.blocks = make_blocks(
-            cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_path
-        )
-        self.norm = LayerNorm(cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.out_dim)
-        self.grad_checkpointing = cfg.grad_checkpointing
-        self.apply(init_vit_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-
-    @property
-    def grid(self) -> TokenGrid:
-        return self._grid
-
-    def no_weight_decay_names(self) -> set[str]:
-        """The mask token is an embedding, not a weight matrix: no weight decay on it."""
-        return {"mask_token"}
 
     def forward(
         self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor
@@ -116,17 +93,11 @@ class Predictor(nn.Module):
         ``ctx_tokens`` ``[B, Nc, in_dim]`` are the student's outputs for the positions
         ``ctx_idx`` ``[B, Nc]`` (same order). Indices are time-major grid positions.
         """
-        check_context(ctx_tokens, ctx_idx, tgt_idx, self.cfg.in_dim, self._grid.num_tokens,
-                      "student")
         n_ctx = ctx_tokens.shape[1]
-        x = self.embed(ctx_tokens)
         # No casts: under autocast the fp32 table keeps the residual stream in fp32.
+        x = self.embed_context(ctx_tokens, ctx_idx, tgt_idx)
         if self.cfg.ctx_pos:
             x = x + self.pos_embed[ctx_idx]
         m = self.mask_token + self.pos_embed[tgt_idx]
-        z = run_blocks(
-            self.blocks,
-            torch.cat([x, m], dim=1),
-            self.grad_checkpointing and self.training and torch.is_grad_enabled(),
-        )
-        return self.proj(self.norm(z[:, n_ctx:]))
+        z = self.run_blocks(torch.cat([x, m], dim=1))  # [B, Nc + Nt, width]
+        return self.project(z[:, n_ctx:])

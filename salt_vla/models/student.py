@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.posembed import sincos_pos_embed_3d
 
@@ -60,14 +61,14 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.size not in STUDENT_SIZES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown student size {self.size!r}; choose one of {sorted(STUDENT_SIZES)}"
             )
         dim, depth, heads = self.dims
         if dim % heads:
-            raise ValueError(f"student embed_dim={dim} is not divisible by heads={heads}")
+            raise ConfigError(f"student embed_dim={dim} is not divisible by heads={heads}")
         if depth < 0:
-            raise ValueError(f"student depth must be >= 0, got {depth}")
+            raise ConfigError(f"student depth must be >= 0, got {depth}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
 
     @property
@@ -153,12 +154,15 @@ def check_context(
 
 
 def check_indices(idx: torch.Tensor, batch: int, num_tokens: int, what: str) -> None:
-    """Shape/dtype checks; the value range is checked only on CPU (a GPU check would sync)."""
+    """Shape/dtype checks (free: metadata only). The value range is checked in eager CPU runs
+    only: on a GPU the read would synchronise with the host, and under ``torch.compile`` it
+    would break the graph. Training batches are range-checked once, on the host, by the mask
+    collator (``masking/collator.py``)."""
     if idx.ndim != 2 or idx.shape[0] != batch:
         raise ValueError(f"{what} must be [B={batch}, K] token indices, got {tuple(idx.shape)}")
     if idx.dtype != torch.long:
         raise TypeError(f"{what} must be a torch.long tensor, got {idx.dtype}")
-    if idx.device.type == "cpu" and idx.numel():
+    if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= num_tokens:
             raise ValueError(

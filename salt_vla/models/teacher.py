@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.checkpoint import (
-    CheckpointError,
+    StateDictError,
     diff_state_dict,
     load_checkpoint,
     save_state_dict,
@@ -93,7 +94,7 @@ class TeacherSpec:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown teacher arch {self.arch!r}; choose one of {list(ARCHS)}")
+            raise ConfigError(f"unknown teacher arch {self.arch!r}; choose one of {list(ARCHS)}")
         token_grid(self.num_frames, self.img_size, self.tubelet, self.patch)  # sizes divide
         resolve_layer(self.layer, ARCHS[self.arch].depth, self.arch)
 
@@ -112,11 +113,17 @@ class TeacherSpec:
 def resolve_layer(layer: int, depth: int, arch: str = "") -> int:
     """Block index ``layer`` (negative counts from the end) as a non-negative index."""
     if not -depth <= layer < depth:
-        raise ValueError(
+        raise ConfigError(
             f"layer={layer} is out of range for {arch or 'a model'} with {depth} blocks "
             f"(use 0..{depth - 1}, or -1..-{depth} from the end)"
         )
     return layer % depth
+
+
+def is_random_source(source: str | Path) -> bool:
+    """Whether ``source`` means a random teacher (``random``, ``random:...``), so that a bare
+    or malformed ``random`` gets the ``random:ARCH:SEED`` usage, not "file not found"."""
+    return str(source).split(":", 1)[0] == "random"
 
 
 def parse_random_source(source: str) -> tuple[str, int]:
@@ -124,14 +131,14 @@ def parse_random_source(source: str) -> tuple[str, int]:
     parts = source.split(":")
     usage = f"expected 'random:ARCH:SEED' with ARCH in {list(ARCHS)} and SEED an integer"
     if len(parts) != 3 or parts[0] != "random":
-        raise ValueError(f"bad teacher source {source!r}: {usage}")
+        raise ConfigError(f"bad teacher source {source!r}: {usage}")
     arch, seed = parts[1], parts[2]
     if arch not in ARCHS:
-        raise ValueError(f"bad teacher source {source!r}: unknown arch {arch!r}; {usage}")
+        raise ConfigError(f"bad teacher source {source!r}: unknown arch {arch!r}; {usage}")
     try:
         return arch, int(seed)
     except ValueError:
-        raise ValueError(f"bad teacher source {source!r}: seed {seed!r}; {usage}") from None
+        raise ConfigError(f"bad teacher source {source!r}: seed {seed!r}; {usage}") from None
 
 
 def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
@@ -151,7 +158,11 @@ def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
 # --- the network (parameter names = official checkpoint keys) --------------------------
 
 
-class _PatchEmbed(nn.Module):
+class PatchEmbed3d(nn.Module):
+    """Tubelet embedding: ``proj`` is Conv3d(3, D, kernel = stride = (tubelet, patch, patch));
+    ``[B, 3, T, H, W]`` -> ``[B, t*h*w, D]``. VideoMAEv2's and timm's name (the exported
+    student's too, :mod:`salt_vla.models.video_vit`)."""
+
     def __init__(self, dim: int, tubelet: int, patch: int) -> None:
         super().__init__()
         k = (tubelet, patch, patch)
@@ -235,7 +246,7 @@ class Teacher(nn.Module):
         self.checkpoint = checkpoint  # resolved file path, or "random:ARCH:SEED"
         self.sha256 = sha256  # file sha256, or "random:ARCH:SEED"
         self.ignored_keys: tuple[str, ...] = ()
-        self.patch_embed = _PatchEmbed(self.arch.dim, spec.tubelet, spec.patch)
+        self.patch_embed = PatchEmbed3d(self.arch.dim, spec.tubelet, spec.patch)
         self.blocks = nn.ModuleList(_Block(self.arch, layer_scale) for _ in range(self.arch.depth))
         self.register_buffer(
             "pos_embed", sinusoid_table(self.grid.num_tokens, self.arch.dim), persistent=False
@@ -385,7 +396,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
         elif any(k.startswith("videomae.") or ".attention.attention." in k for k in keys):
             hint = (
                 "this looks like a Hugging Face transformers VideoMAE checkpoint; the teacher "
-                "reads the original VideoMAEv2 layout"
+                "reads the original VideoMAEv2 layout: convert it with `salt teacher convert "
+                "FILE_OR_DIR --out teacher.pth` and pass teacher.pth"
             )
         else:
             hint = (
@@ -406,8 +418,8 @@ def _checkpoint_hints(state: dict[str, torch.Tensor], spec: TeacherSpec) -> str:
     hints: list[str] = []
     if matches and spec.arch not in matches:
         hints.append(
-            f"is this a VideoMAEv2 {matches[0]} checkpoint? try "
-            f"TeacherSpec(arch={matches[0]!r}) (--teacher-arch {matches[0]})"
+            f"is this a VideoMAEv2 {matches[0]} checkpoint? try --teacher-arch {matches[0]} "
+            f"(teacher_arch={matches[0]} in a training config)"
         )
     elif not matches:
         hints.append(f"no known arch has that shape; known: {list(ARCHS)}")
@@ -437,7 +449,7 @@ def load_teacher(
 
     A checkpoint (``.pth``/``.pt`` bare or wrapped in 'model'/'module'/'state_dict', or
     ``.safetensors``) must match ``spec.arch`` exactly: missing, unexpected or mis-shaped
-    keys raise one :class:`CheckpointError` listing them, with a hint at the right arch.
+    keys raise one :class:`StateDictError` listing them, with a hint at the right arch.
     ``fc_norm.*``, ``head.*`` and ``norm.*`` are accepted and ignored (see
     :attr:`Teacher.ignored_keys`). Layer scale is used iff the file has ``gamma_1``.
 
@@ -446,7 +458,7 @@ def load_teacher(
     """
     spec = spec or TeacherSpec()
     name = str(source)
-    if name.startswith(RANDOM_PREFIX):
+    if is_random_source(name):
         arch, seed = parse_random_source(name)
         if arch != spec.arch:
             spec = replace(spec, arch=arch)
@@ -465,7 +477,7 @@ def load_teacher(
         diff = diff_state_dict(state, teacher.state_dict(), ignore=IGNORED_KEY_PATTERNS)
         if not diff.ok:
             a = teacher.arch
-            raise CheckpointError(
+            raise StateDictError(
                 ckpt.path,
                 f"does not match VideoMAEv2 {spec.arch} (dim {a.dim}, {a.depth} blocks, "
                 f"tubelet {spec.tubelet}, patch {spec.patch}, "

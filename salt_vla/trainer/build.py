@@ -1,24 +1,29 @@
 """From an experiment config to the objects it names: view, student, predictor, masks.
 
-One place maps the flat ``TrainConfig`` keys onto the model and mask configs, so the trainer,
-benchmarks and evaluation build identical networks from the same experiment.
+One place maps the flat config keys onto the model and mask configs, so the trainer,
+benchmarks and evaluation build identical networks from the same experiment. The view, grid
+and mask helpers read only the loop's keys (:class:`LoopConfig`), so stage 1 uses them too;
+the student and predictor come from stage 2's :class:`TrainConfig`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from salt_vla.masking.config import MaskConfig
+from salt_vla.errors import ConfigError
+from salt_vla.masking.config import VJEPA_GROUPS, MaskConfig
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.predictor import Predictor, PredictorConfig
 from salt_vla.models.student import Student, StudentConfig
-from salt_vla.trainer.experiments import ConfigError, TrainConfig
+from salt_vla.trainer.experiments import TrainConfig
+from salt_vla.trainer.loop_config import LoopConfig
 from salt_vla.trainer.objective import SaltModel
 
 STORE_VIEW = "store"
 
 
-def view_spec(cfg: TrainConfig, store_view: dict[str, Any] | None = None) -> Any:
+def view_spec(cfg: LoopConfig, store_view: dict[str, Any] | None = None) -> Any:
     """The ViewSpec the config names: a preset, or with ``view="store"`` the store's own spec
     (``store_view`` = cache.json's ``view`` entry), for caches built with custom view flags."""
     from salt_vla.data.view import VIEW_PRESETS, ViewSpec
@@ -36,7 +41,7 @@ def view_spec(cfg: TrainConfig, store_view: dict[str, Any] | None = None) -> Any
     return VIEW_PRESETS[cfg.view]
 
 
-def spec_grid(cfg: TrainConfig, spec: Any) -> TokenGrid:
+def spec_grid(cfg: LoopConfig, spec: Any) -> TokenGrid:
     """Token grid of ``spec``'s clips with the config's tubelet/patch sizes."""
     try:
         return token_grid(spec.num_frames, spec.size, cfg.tubelet, cfg.patch)
@@ -44,7 +49,7 @@ def spec_grid(cfg: TrainConfig, spec: Any) -> TokenGrid:
         raise ConfigError(str(e)) from e
 
 
-def config_grid(cfg: TrainConfig) -> TokenGrid:
+def config_grid(cfg: LoopConfig) -> TokenGrid:
     """The token grid of the config's view preset."""
     return spec_grid(cfg, view_spec(cfg))
 
@@ -92,27 +97,23 @@ def build_model(cfg: TrainConfig, num_frames: int, img_size: int) -> SaltModel:
                      target_center=cfg.target_center)
 
 
-def mask_config(cfg: TrainConfig) -> MaskConfig:
+def mask_config(cfg: LoopConfig) -> MaskConfig:
     """Masks of the config: ``ratio`` (the seed's single group), V-JEPA ``multiblock``, ...
 
-    Also used for stage-1 configs (``TeacherTrainConfig`` has the same mask keys).
+    Also used for stage-1 configs (the mask keys are :class:`LoopConfig`'s).
     ``mask_temporal_scale`` sets the time extent of the multiblock groups' blocks (V-JEPA's
     (1, 1): every block spans the clip); ``mask_temporal_group`` appends a temporal-split
     group (``salt_vla/masking/temporal.py``).
     """
-    from dataclasses import replace
-
-    from salt_vla.masking.config import VJEPA_GROUPS
-
-    scale = tuple(getattr(cfg, "mask_temporal_scale", (1.0, 1.0)))
+    scale = tuple(cfg.mask_temporal_scale)
     try:
         groups = VJEPA_GROUPS if scale == (1.0, 1.0) else tuple(
             replace(g, temporal_scale=scale) for g in VJEPA_GROUPS)
         return MaskConfig(
             strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate,
-            groups=groups, temporal_group=bool(getattr(cfg, "mask_temporal_group", False)),
-            temporal_direction=getattr(cfg, "mask_temporal_direction", "both"),
-            temporal_max_context=int(getattr(cfg, "mask_temporal_max_context", 0)),
+            groups=groups, temporal_group=cfg.mask_temporal_group,
+            temporal_direction=cfg.mask_temporal_direction,
+            temporal_max_context=cfg.mask_temporal_max_context,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e

@@ -2,7 +2,12 @@
 
     setup -> resume? -> data -> models -> optimiser -> for each step:
         schedules -> (micro-batches: frames -> [teacher] -> student/predictor -> backward)
-        -> finite? -> clip -> AdamW step -> log -> checkpoint
+        -> clip -> AdamW step unless non-finite -> [read stats, log] -> checkpoint
+
+The step never waits for the accelerator: its statistics and the non-finite decision stay on
+the device (``step_stats.py``, ``optim.step_unless``) and the host reads them every
+``log_every`` steps, before a checkpoint and at the end. Under torchrun the ranks also agree
+on a stop request (Ctrl-C, SIGTERM) there, so a stop waits for the next such step.
 
 Everything that decides *what* is computed (data order, masks, schedules) is a pure function
 of (config, step), and the checkpoint holds the rest (weights, optimiser, RNG), so a resumed
@@ -10,36 +15,51 @@ run continues exactly where the checkpoint left it.
 
 What is trained comes from a ``Task`` (``task.py``): stage 2's student + predictor by
 default; the stage-1 pixel teacher reuses this loop unchanged. Rank 0 writes config.json,
-metrics.jsonl, heartbeat.json (``heartbeat.py``: alive / finished / stopped / failed) and
-the checkpoints.
+metrics.jsonl, heartbeat.json (``runs/heartbeat.py``: alive / finished / stopped / failed)
+and the checkpoints, under the names of the run-directory contract (``runs/rundir.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from salt_vla import __version__
+from salt_vla import distributed as dist_utils
+from salt_vla.errors import ConfigError, SaltError
 from salt_vla.masking.collator import MaskCollator
 from salt_vla.models.pixels import frames_to_input
-from salt_vla.trainer import distributed as dist_utils
+from salt_vla.paths import absolute
+from salt_vla.runs.heartbeat import Heartbeat
+from salt_vla.runs.rundir import (
+    CLIPS_KEY,
+    INTERVAL_KEY,
+    checkpoint_path,
+    checkpoint_temps,
+    git_state,
+    nonfinite_path,
+    resume_command,
+    write_run_config,
+)
+from salt_vla.trainer.build import mask_config
 from salt_vla.trainer.checkpoint import (
     CheckpointError,
     capture_rng,
-    checkpoint_path,
-    load_checkpoint,
+    load_first,
     restore_rng,
+    resume_candidates,
     save_checkpoint,
+    save_run_checkpoint,
 )
 from salt_vla.trainer.data import (
     BatchFeeder,
@@ -50,18 +70,16 @@ from salt_vla.trainer.data import (
     plan_loader,
     shm_free_bytes,
 )
-from salt_vla.trainer.experiments import ConfigError, diff
-from salt_vla.trainer.heartbeat import Heartbeat
-from salt_vla.trainer.interrupt import StopRequest
+from salt_vla.trainer.interrupt import StopRequest, exit_code_for
+from salt_vla.trainer.loop_config import EXTEND_KEYS, RESUME_KEYS, LoopConfig, diff
 from salt_vla.trainer.metrics_log import MetricsLogger
-from salt_vla.trainer.optim import build_optimizer, set_schedules
-from salt_vla.trainer.sources import DataSources
+from salt_vla.trainer.optim import build_optimizer, set_schedules, step_unless
+from salt_vla.trainer.sources import DataSources, check_same_data, data_identity
+from salt_vla.trainer.step_stats import DeviceStats
 from salt_vla.trainer.task import SALT_TASK, Task
 
-CONFIG_NAME = "config.json"
 
-
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(SaltError, RuntimeError):
     """Training stopped on a non-finite loss or gradient (after ``skip_nonfinite`` skips)."""
 
 
@@ -70,7 +88,8 @@ class RunSpec:
     """Where a run reads and writes.
 
     ``resume``: None (refuse a run dir that already has a checkpoint), ``"auto"`` (resume if
-    there is one), ``"yes"`` (there must be one) or a checkpoint file path.
+    there is one), ``"yes"`` (there must be one) or a checkpoint file path. ``command``: the
+    command line that started this session (recorded in config.json).
     """
 
     out: Path
@@ -79,6 +98,18 @@ class RunSpec:
     split: str = "train"
     resume: str | None = None
     wandb: str = "disabled"
+    command: tuple[str, ...] = ()
+
+    def absolute(self) -> RunSpec:
+        """The same spec with absolute paths, so config.json works from any directory."""
+        def opt(p: Path | None) -> Path | None:
+            return None if p is None else absolute(p)
+
+        resume = self.resume
+        if resume not in (None, "auto", "yes"):
+            resume = str(absolute(str(resume)))
+        return replace(self, out=absolute(self.out), cache=opt(self.cache),
+                       data=opt(self.data), resume=resume)
 
 
 @dataclass
@@ -92,43 +123,71 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # per step, this process's view
     norm_losses: list[float] = field(default_factory=list)
     checkpoint: Path | None = None
+    stopped_by: str = ""  # the signal that stopped the run ("SIGTERM", ...); "" otherwise
+
+    @property
+    def exit_code(self) -> int:
+        """What `salt train` exits with: 0 when the run ended as planned (all steps, or
+        ``stop_at``), 128 + the signal number when a signal stopped it after its
+        checkpoint (130 SIGINT, 143 SIGTERM), so a scheduler or ``salt train && salt
+        export`` tells a preempted run from a finished one."""
+        return exit_code_for(self.stopped_by) if self.stopped_by else 0
 
 
-def find_resume(run: RunSpec) -> Path | None:
-    """The checkpoint to resume from, per ``run.resume`` (see :class:`RunSpec`)."""
-    latest = checkpoint_path(run.out)
+def find_resume(run: RunSpec) -> list[Path]:
+    """The checkpoints to try, newest first, per ``run.resume`` (see :class:`RunSpec`): []
+    for a fresh start; for a resume of the run directory its ``ckpt.pt`` and the step
+    checkpoints kept before it (the first that loads is used); for a file, that file."""
+    found = resume_candidates(run.out)
     if run.resume is None:
-        if latest.exists():
+        if found:
             raise CheckpointError(
-                f"{run.out} already holds a checkpoint ({latest}); pass --resume to continue "
-                "that run, or choose another --out"
+                f"{run.out} already holds a checkpoint ({found[0]}); pass --resume to "
+                "continue that run, or choose another --out"
             )
-        return None
+        return []
     if run.resume == "auto":
-        return latest if latest.exists() else None
+        return found
     if run.resume == "yes":
-        if not latest.exists():
+        if not found:
             raise CheckpointError(
                 f"--resume: no checkpoint in {run.out}; use --resume auto to start fresh "
                 "when there is none"
             )
-        return latest
+        return found
     path = Path(run.resume)
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file")
-    return path
+    return [path]
 
 
-def write_run_config(run_dir: Path, cfg: Any, extra: dict[str, Any]) -> Path:
-    """``run_dir/config.json``: the resolved config plus where the run got its data."""
-    path = run_dir / CONFIG_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), **extra}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+def schedule_legs(
+    state: dict[str, Any], total: int, resume_from: Path | None, cfg: LoopConfig
+) -> list[tuple[int, int]]:
+    """The schedule legs (``schedules.py``) of a resumed run: its checkpoint's, plus one from
+    the resumed step when a longer ``epochs``/``max_steps`` grew the run's total (the rest of
+    each cosine is stretched over the new total). A shorter total, or a length key changed to
+    no effect, is refused: the schedule of the steps already taken cannot be undone."""
+    saved_total, step = int(state["total_steps"]), int(state["step"])
+    legs = [(int(a), int(b)) for a, b in state.get("schedule") or [(0, saved_total)]]
+    if total == saved_total:
+        saved = type(cfg).from_dict(state["config"])
+        moved = [f"{k}: {getattr(saved, k)} -> {getattr(cfg, k)}" for k in sorted(EXTEND_KEYS)
+                 if getattr(saved, k) != getattr(cfg, k)]
+        if moved:
+            raise ConfigError(
+                f"{', '.join(moved)} leaves the run at {total} steps (max_steps > 0 sets the "
+                "length, else epochs): to extend it raise the one that counts")
+        return legs
+    if total < saved_total:
+        raise ConfigError(
+            f"{resume_from} is a run of {saved_total} steps and this config makes it {total}: "
+            "a resumed run can only be extended (a longer epochs or max_steps); to stop it "
+            "early, --set stop_at=N")
+    return legs + [(step, total)]
 
 
-def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_for(cfg: LoopConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (weights stay fp32), nothing on CPU."""
     if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -138,29 +197,31 @@ def autocast_for(cfg: Any, device: torch.device) -> contextlib.AbstractContextMa
 
 
 def train(
-    cfg: Any,
+    cfg: LoopConfig,
     run: RunSpec,
     sources: DataSources | None = None,
     echo: Callable[[str], None] = print,
-    task: Task = SALT_TASK,
+    task: Task[Any] = SALT_TASK,
 ) -> TrainResult:
-    """Train per ``cfg`` (a :class:`TrainConfig` for the default SALT task); see the module
+    """Train per ``cfg`` (an instance of ``task.config_type``: a :class:`TrainConfig` for the
+    default SALT task; the loop itself reads only the :class:`LoopConfig` keys); see the module
     docstring. ``sources`` (tests, benchmarks) replaces opening the store/videos named by
     ``run``; ``task`` says what is trained (see ``task.py``)."""
     info = dist_utils.setup_distributed(cfg.device)
     try:
-        return _train(cfg, run, sources, echo if info.is_main else (lambda s: None), info, task)
+        return _train(cfg, run.absolute(), sources, echo if info.is_main else (lambda s: None),
+                      info, task)
     finally:
         dist_utils.teardown_distributed()
 
 
 def _train(
-    cfg: Any,
+    cfg: LoopConfig,
     run: RunSpec,
     sources: DataSources | None,
     echo: Callable[[str], None],
     info: dist_utils.DistInfo,
-    task: Task,
+    task: Task[Any],
 ) -> TrainResult:
     device = info.device
     run_dir = Path(run.out)
@@ -168,16 +229,30 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # --- resume: the checkpoint fixes the config (runtime-only keys may change)
-    resume_from = find_resume(run)
-    state = load_checkpoint(resume_from) if resume_from else None
+    if info.is_main:  # partial files of a checkpoint write a kill interrupted
+        for tmp in checkpoint_temps(run_dir):
+            size = tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+            echo(f"removed {tmp} ({size / 2**20:.1f} MiB): a checkpoint write that never "
+                 "finished")
+
+    # --- resume: the checkpoint fixes the config (runtime keys may change, the length grow)
+    state, resume_from, skipped = None, None, []
+    candidates = find_resume(run)
+    if candidates:
+        state, resume_from, skipped = load_first(candidates)
+    for path, why in skipped:
+        echo(f"warning: skipped {path}: {why}; resuming from the newest checkpoint that loads "
+             f"({resume_from})")
     if state is not None:
         saved = task.config_type.from_dict(state["config"])
-        changed = diff(saved, cfg)
+        changed = diff(saved, cfg, RESUME_KEYS)
         if changed:
             raise ConfigError(
                 f"{resume_from} was trained with a different config ({'; '.join(changed)}); "
-                "resume with the same --exp/--set, or start a new run with another --out"
+                f"resume without --exp/--config to continue with its saved config "
+                f"(`{resume_command(run_dir, task.name)}`; --set may then change runtime keys "
+                "and extend epochs/max_steps), or start a new run with another --out"
             )
 
     # --- data: store (or videos for online targets), checked against the config
@@ -196,6 +271,7 @@ def _train(
             f"{resume_from} was trained on {state['data']['num_rows']} rows but the data now "
             f"has {len(rows)}; resume needs the same store (and limit_rows)"
         )
+    legs = schedule_legs(state, total, resume_from, cfg) if state is not None else [(0, total)]
 
     # --- models: same init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
@@ -223,9 +299,12 @@ def _train(
     forward = torch.compile(ddp, dynamic=True) if cfg.compile else ddp
     params = [p for p in model.parameters() if p.requires_grad]
     teacher = task.make_teacher(cfg, sources, device)  # online targets only
+    identity = data_identity(sources, teacher)
+    if state is not None:  # before config.json is rewritten: a refused resume changes nothing
+        check_same_data(state["data"].get("identity"), identity, resume_from)
 
     # --- the batch stream from the resume position on
-    collate = MaskCollator(task.mask_config(cfg), sources.grid, seed=cfg.seed)
+    collate = MaskCollator(mask_config(cfg), sources.grid, seed=cfg.seed)
     end = min(total, cfg.stop_at) if cfg.stop_at else total
     batches = StreamBatches(layout, info.rank, cfg.seed, start_step, end)
     clip_bytes = sources.num_frames * sources.img_size**2 * 3
@@ -241,55 +320,110 @@ def _train(
     )
 
     logger = heartbeat = None
+    result = TrainResult(run_dir, start_step, start_step, total)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg, {
-            "task": task.name, "data": sources.describe, "world_size": info.world_size,
-            "device": str(device),
-            "micro_batch": layout.micro_batch, "total_steps": total, "rows": len(rows),
+            "task": task.name, "data": sources.describe,
+            "inputs": {"cache": run.cache and str(run.cache), "data": run.data and str(run.data),
+                       "split": run.split},
+            "world_size": info.world_size, "device": str(device),
+            "micro_batch": layout.micro_batch, "total_steps": total,
+            "schedule": [list(leg) for leg in legs], "rows": len(rows),
             "loader": {"workers": workers, "decode_threads": threads},
+            "argv": list(run.command), "cwd": os.getcwd(), "version": __version__,
+            "git": git_state(Path(__file__).resolve().parent),
             "torch": torch.__version__, "host": platform.node(),
         })
-        logger = MetricsLogger(
-            run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
-            resume_step=start_step, echo=echo,
-        )
+        # Before the logger (W&B may take long to start, or fail): a run that dies from
+        # here on shows as failed in `salt status`, not as a live run without a heartbeat.
         heartbeat = Heartbeat(run_dir, total)
         heartbeat.start(start_step)
-        what = f"resumed from {resume_from} at step {start_step}" if state else "started"
-        logger.event(start_step, f"{cfg.name}: {what}; {total} steps of {cfg.batch_size} clips "
-                     f"({layout.micro_batch} per micro-batch x {cfg.grad_accum} accum x "
-                     f"{info.world_size} procs) on {device}; run dir {run_dir}")
 
-    def checkpoint(step: int, path: Path) -> Path:
+    def checkpoint(step: int, path: Path | None = None) -> Path:
+        """The state after ``step`` steps: the run's next checkpoint (rotated), or the file
+        ``path`` (the state before a non-finite stop)."""
         rngs = dist_utils.gather_objects(capture_rng(), info)  # every rank calls this
         if info.is_main:
-            save_checkpoint(path, {
+            ckpt = {
                 **{name: module.state_dict() for name, module in parts.items()},
                 "task": task.name,
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "total_steps": total,
+                "schedule": [list(leg) for leg in legs],
                 "config": cfg.to_dict(),
                 "rng": rngs,
                 "world_size": info.world_size,
                 "data": {"position": step * cfg.batch_size, "epoch": layout.epoch_at(step),
-                         "num_rows": len(rows), "seed": cfg.seed},
-            })
-        return path
+                         "num_rows": len(rows), "seed": cfg.seed, "identity": identity},
+            }
+            if path is not None:
+                return save_checkpoint(path, ckpt)
+            return save_run_checkpoint(run_dir, step, ckpt, cfg.keep_checkpoints,
+                                       cfg.snapshot_every)
+        return path or checkpoint_path(run_dir)
 
-    result = TrainResult(run_dir, start_step, start_step, total)
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, normalised loss, cosine since last log
-    n_logged, nonfinite = 0, 0
+    # Per-step statistics stay on the device and are read every `log_every` steps (before a
+    # checkpoint, at the end): `step_stats.py`. Host side: sums since the last log of loss,
+    # normalised loss, cosine and pre-clip gradient norm over the applied steps.
+    stats_buf = DeviceStats(cfg.log_every, cfg.skip_nonfinite, device, info)
+    sums = torch.zeros(4, dtype=torch.float64)
+    n_logged, nonfinite, logged_at = 0, 0, start_step
+
+    def read_steps(now_at: int) -> None:
+        """Bring the buffered steps to the host (at step ``now_at``) and replay the skip rule
+        the device applied: log each skipped step; stop at the one past ``skip_nonfinite``."""
+        nonlocal n_logged, nonfinite
+        for rec in stats_buf.drain():
+            if rec.finite:
+                result.losses.append(rec.values[0])
+                result.norm_losses.append(rec.values[1])
+                sums.add_(torch.tensor(rec.values, dtype=torch.float64))
+                n_logged += 1
+                continue
+            nonfinite += 1
+            what = f"non-finite loss/gradient (loss {rec.values[0]}) at step {rec.step}"
+            if nonfinite > cfg.skip_nonfinite:
+                # The device applied no update from this step on: the weights and optimiser
+                # are those before it; put its schedule back and save them as they were.
+                set_schedules(optimizer, rec.step - 1, total, cfg, legs)
+                result.step = rec.step - 1
+                path = checkpoint(rec.step - 1, nonfinite_path(run_dir, rec.step))
+                rows = rec.rows.tolist()[:8] if rec.rows is not None else "?"
+                latest = checkpoint_path(run_dir)
+                last = (f"the last regular checkpoint is {latest}" if latest.is_file()
+                        else "no regular checkpoint was written before it")
+                raise NonFiniteLoss(
+                    f"{what}, rows {rows}...: stopped after {nonfinite} such step(s) "
+                    f"(skip_nonfinite={cfg.skip_nonfinite}; read at step {now_at} with the steps "
+                    f"before it). Saved the state before that step to {path}; {last}. Lower "
+                    "lr, keep grad_clip on, or check the store with `salt cache verify`."
+                )
+            if logger:
+                logger.event(rec.step, f"{what}: step skipped ({nonfinite}/"
+                             f"{cfg.skip_nonfinite} tolerated)")
+
     feeder = None
     model.train()
     try:
+        if info.is_main:
+            logger = MetricsLogger(
+                run_dir, total, run.wandb, cfg.to_dict(), cfg.wandb_project, cfg.wandb_run,
+                resume_step=start_step, echo=echo, batch_size=cfg.batch_size,
+            )
+            what = f"resumed from {resume_from} at step {start_step}" if state else "started"
+            if skipped:
+                what += " (skipped " + "; ".join(f"{p.name}: {why}" for p, why in skipped) + ")"
+            logger.event(start_step, f"{cfg.name}: {what}; {total} steps of {cfg.batch_size} "
+                         f"clips ({layout.micro_batch} per micro-batch x {cfg.grad_accum} accum "
+                         f"x {info.world_size} procs) on {device}; run dir {run_dir}")
         # Started last: from here on its thread and workers run ahead of the steps.
         feeder = BatchFeeder(loader, None if teacher else sources.targets, device.type == "cuda")
         t_last, wait = time.perf_counter(), 0.0
         with StopRequest() as stop:
             for step in range(start_step, end):
-                lr, wd = set_schedules(optimizer, step, total, cfg)
+                lr, wd = set_schedules(optimizer, step, total, cfg, legs)
                 stats = torch.zeros(3, device=device)
                 for micro in range(cfg.grad_accum):
                     t0 = time.perf_counter()
@@ -306,38 +440,23 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 )
-                values = stats.tolist()
-                ok = math.isfinite(values[0]) and bool(torch.isfinite(grad_norm).item())
-                # One collective: every rank takes the same skip / stop branch.
-                finite, go_on = dist_utils.all_min([int(ok), int(not stop.requested)], info)
                 done = step + 1
-                if not finite:
-                    optimizer.zero_grad(set_to_none=True)
-                    nonfinite += 1
-                    what = f"non-finite loss/gradient (loss {values[0]}) at step {done}"
-                    if nonfinite > cfg.skip_nonfinite:
-                        path = checkpoint(step, run_dir / f"nonfinite-step{done}.pt")
-                        raise NonFiniteLoss(
-                            f"{what}, rows {batch.rows.tolist()[:8]}...: stopped after "
-                            f"{nonfinite} such step(s) (skip_nonfinite={cfg.skip_nonfinite}). "
-                            f"Saved the state before that step to {path}; the last regular "
-                            f"checkpoint is {checkpoint_path(run_dir)}. Lower lr, keep "
-                            "grad_clip on, or check the store with `salt cache verify`."
-                        )
-                    if logger:
-                        logger.event(done, f"{what}: step skipped ({nonfinite}/"
-                                     f"{cfg.skip_nonfinite} tolerated)")
-                else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    result.losses.append(values[0])
-                    result.norm_losses.append(values[1])
-                    sums += torch.tensor(values, dtype=torch.float64)
-                    n_logged += 1
+                # Decided on the device: no host read in the step (see step_stats.py).
+                step_unless(optimizer, stats_buf.record(done, stats, grad_norm, batch.rows))
+                optimizer.zero_grad(set_to_none=True)
                 result.step = done
                 if heartbeat:
                     heartbeat.beat(done)
 
+                boundary = (done % cfg.log_every == 0 or done % cfg.ckpt_every == 0
+                            or done == end or stats_buf.full)
+                if info.enabled:  # the ranks agree on a stop where they read the device
+                    go_on = not boundary or bool(
+                        dist_utils.all_min([int(not stop.requested)], info)[0])
+                else:
+                    go_on = not stop.requested
+                if boundary or not go_on:
+                    read_steps(done)  # raises NonFiniteLoss past skip_nonfinite
                 if n_logged and (done % cfg.log_every == 0 or done == end or not go_on):
                     means = dist_utils.all_reduce_mean(sums.to(device) / n_logged, info).tolist()
                     now = time.perf_counter()
@@ -345,27 +464,31 @@ def _train(
                     if logger:
                         record = {
                             "loss": means[0], "norm_loss": means[1], "cos": means[2],
-                            "lr": lr, "wd": wd, "grad_norm": float(grad_norm),
+                            "grad_norm": means[3], "lr": lr, "wd": wd,
                             "epoch": round(layout.epoch_at(done), 4),
-                            "clips_per_s": cfg.batch_size * n_logged / elapsed,
+                            # every step of the interval, skipped ones too, took its time
+                            CLIPS_KEY: cfg.batch_size * (done - logged_at),
+                            INTERVAL_KEY: elapsed,
                             "data_wait": min(wait / elapsed, 1.0),
-                            "eta_s": (total - done) * elapsed / n_logged,
                             "skipped": nonfinite,
                         }
                         if device.type == "cuda":
                             record["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                         logger.log(done, record)
                     sums.zero_()
-                    n_logged, t_last, wait = 0, now, 0.0
-                if done % cfg.ckpt_every == 0 or done == end or not go_on:
-                    result.checkpoint = checkpoint(done, checkpoint_path(run_dir))
+                    n_logged, t_last, wait, logged_at = 0, now, 0.0, done
+                snapshot = cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0
+                if done % cfg.ckpt_every == 0 or snapshot or done == end or not go_on:
+                    result.checkpoint = checkpoint(done)
                     if heartbeat:
                         heartbeat.checkpoint(done)
                 if not go_on:
+                    # a rank whose peer got the signal stops too, and exits as if it had
+                    result.stopped_by = stop.signal_name or "SIGTERM"
                     if logger:
                         logger.event(done, f"{stop.signal_name or 'signal'} received: stopped "
                                      f"at step {done}/{total} with a checkpoint; continue with "
-                                     "--resume")
+                                     f"`{resume_command(run_dir, task.name)}`")
                     break
         finished = result.step == total
         if logger:
@@ -386,14 +509,3 @@ def _train(
         if logger:
             logger.close()
     return result
-
-
-def loss_curve(run_dir: Path | str) -> list[tuple[int, float]]:
-    """``(step, loss)`` pairs logged in a run's metrics.jsonl (for tests and plots)."""
-    from salt_vla.trainer.metrics_log import read_metrics
-
-    out = [(r["step"], r["loss"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-           if "loss" in r]
-    return out
-
-

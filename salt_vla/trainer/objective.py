@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salt_vla.errors import ConfigError
 from salt_vla.models.predictor import Predictor
 from salt_vla.models.student import Student
 
@@ -29,7 +30,7 @@ def token_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
         return F.mse_loss(pred, target)
     if kind == "l1":
         return F.l1_loss(pred, target)
-    raise ValueError(f"loss={kind!r}: choose 'mse' or 'l1'")
+    raise ConfigError(f"loss={kind!r}: choose 'mse' or 'l1'")
 
 
 def mean_baseline(target: torch.Tensor, kind: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from salt_vla.models.pixel_decoder import PixelDecoder
-from salt_vla.models.pixels import IMAGENET_MEAN, IMAGENET_STD
+from salt_vla.models.pixels import imagenet_stats
 from salt_vla.models.student import gather_tokens, run_blocks
 from salt_vla.models.teacher import Teacher, TeacherSpec
 from salt_vla.trainer.objective import Masks, gather_targets, group_loss, mean_over_groups
@@ -38,17 +38,17 @@ def patchify(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     return v.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
 
 
-def pixel_targets(x: torch.Tensor, tubelet: int, patch: int, norm_pix: bool = True
-                  ) -> torch.Tensor:
+def pixel_targets(x: torch.Tensor, tubelet: int, patch: int, norm_pix: bool = True,
+                  stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Reconstruction targets ``[B, N, tubelet*patch*patch*3]`` (fp32) for model input ``x``.
 
     ``x`` is the ImageNet-normalised input; it is mapped back to [0, 1] pixels first, as
     VideoMAE does. ``norm_pix``: per token and channel, subtract the mean and divide by the
-    unbiased std (+ 1e-6) over the tubelet's pixels.
+    unbiased std (+ 1e-6) over the tubelet's pixels. ``stats``: the ImageNet (mean, std)
+    ``[1, 3, 1, 1, 1]`` fp32 tensors on ``x``'s device (default: ``imagenet_stats``).
     """
     x = x.float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1, 1)
+    mean, std = imagenet_stats(x.device) if stats is None else stats
     pix = patchify(x * std + mean, tubelet, patch)
     if norm_pix:
         pix = (pix - pix.mean(dim=-2, keepdim=True)) / (
@@ -118,6 +118,10 @@ class PixelModel(nn.Module):
             raise ValueError(f"decoder grid {decoder.grid} != encoder grid {encoder.grid}")
         self.encoder = encoder
         self.decoder = decoder
+        # On the model's device with it, so the step copies nothing to the GPU (not saved).
+        mean, std = imagenet_stats(torch.device("cpu"))
+        self.register_buffer("pixel_mean", mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", std.clone(), persistent=False)
         self.loss_kind = loss
         self.norm_pix = norm_pix
         self.grad_checkpointing = grad_checkpointing
@@ -134,7 +138,8 @@ class PixelModel(nn.Module):
         tgt_idx [B, Nt])``; ``targets``: ignored (the pixels of ``x`` are the targets).
         """
         spec = self.encoder.spec
-        pixels = pixel_targets(x, spec.tubelet, spec.patch, self.norm_pix)
+        pixels = pixel_targets(x, spec.tubelet, spec.patch, self.norm_pix,
+                               (self.pixel_mean, self.pixel_std))
         losses = []
         for ctx_idx, tgt_idx in masks:
             z = encode_context(self.encoder, x, ctx_idx, self.grad_checkpointing)

@@ -2,15 +2,18 @@
 
 The loop (``loop.py``) owns everything a run does the same way whatever it learns: the data
 stream, masks collation, schedules, AdamW, gradient accumulation, non-finite handling,
-checkpoints, resume and logging. A :class:`Task` supplies the rest:
+checkpoints, resume and logging, all read from the keys of the base config
+(:class:`~salt_vla.trainer.loop_config.LoopConfig`). A :class:`Task` supplies the rest, for
+its own config class (a ``LoopConfig`` subclass):
 
 - ``config_type``: the frozen config class (``from_dict`` re-reads a checkpoint's config);
 - ``open_sources``: where the clips (and targets, if any) come from;
 - ``build``: the model, one ``nn.Module`` whose ``forward(x, masks, targets)`` returns
   ``(loss, stats)`` with ``stats`` = detached ``[raw loss, normalised loss, cosine]``;
 - ``parts``: the named sub-modules optimised and checkpointed (checkpoint keys);
-- ``mask_config``, ``make_teacher`` (online targets, or None).
+- ``make_teacher``: the teacher computing targets online, or None.
 
+The masks are not the task's: their keys are the loop's, so the loop builds them.
 :data:`SALT_TASK` is stage 2 (`salt train`); the stage-1 pixel teacher's task lives in
 ``teacher_train.py``.
 """
@@ -18,32 +21,38 @@ checkpoints, resume and logging. A :class:`Task` supplies the rest:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
-from salt_vla.masking.config import MaskConfig
-from salt_vla.trainer.build import build_model, mask_config
+from salt_vla.models.teacher import Teacher
+from salt_vla.trainer.build import build_model
 from salt_vla.trainer.experiments import TrainConfig
+from salt_vla.trainer.loop_config import LoopConfig
 from salt_vla.trainer.sources import DataSources, open_sources
 
+ConfigT = TypeVar("ConfigT", bound=LoopConfig)
 
-class Task(Protocol):
-    """The objective-specific part of a training run (see the module docstring)."""
+
+class Task(Protocol[ConfigT]):
+    """The objective-specific part of a training run for configs of type ``ConfigT`` (see the
+    module docstring). ``run`` is the loop's ``RunSpec`` (loop.py imports this module)."""
 
     name: str
-    config_type: Any
+    config_type: type[ConfigT]
 
-    def open_sources(self, cfg: Any, run: Any, echo: Callable[[str], None]) -> DataSources: ...
+    def open_sources(
+        self, cfg: ConfigT, run: Any, echo: Callable[[str], None]
+    ) -> DataSources: ...
 
-    def build(self, cfg: Any, sources: DataSources) -> nn.Module: ...
+    def build(self, cfg: ConfigT, sources: DataSources) -> nn.Module: ...
 
     def parts(self, model: nn.Module) -> dict[str, nn.Module]: ...
 
-    def mask_config(self, cfg: Any) -> MaskConfig: ...
-
-    def make_teacher(self, cfg: Any, sources: DataSources, device: torch.device) -> Any: ...
+    def make_teacher(
+        self, cfg: ConfigT, sources: DataSources, device: torch.device
+    ) -> Teacher | None: ...
 
 
 class SaltTask:
@@ -52,19 +61,20 @@ class SaltTask:
     name = "salt"
     config_type = TrainConfig
 
-    def open_sources(self, cfg: Any, run: Any, echo: Callable[[str], None]) -> DataSources:
+    def open_sources(
+        self, cfg: TrainConfig, run: Any, echo: Callable[[str], None]
+    ) -> DataSources:
         return open_sources(cfg, run, echo)
 
-    def build(self, cfg: Any, sources: DataSources) -> nn.Module:
+    def build(self, cfg: TrainConfig, sources: DataSources) -> nn.Module:
         return build_model(cfg, sources.num_frames, sources.img_size)
 
     def parts(self, model: nn.Module) -> dict[str, nn.Module]:
         return {"student": model.student, "predictor": model.predictor}
 
-    def mask_config(self, cfg: Any) -> MaskConfig:
-        return mask_config(cfg)
-
-    def make_teacher(self, cfg: Any, sources: DataSources, device: torch.device) -> Any:
+    def make_teacher(
+        self, cfg: TrainConfig, sources: DataSources, device: torch.device
+    ) -> Teacher | None:
         return sources.make_teacher(device) if cfg.targets == "online" else None
 
 

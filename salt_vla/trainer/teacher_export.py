@@ -12,22 +12,23 @@ records the file's sha256 (the same hash ``salt cache build`` writes into cache.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from salt_vla.cache.teacher_choice import teacher_record_path
+from salt_vla.errors import SaltError
+from salt_vla.files import write_text_atomic
 from salt_vla.models.checkpoint import file_sha256, save_state_dict
 from salt_vla.models.teacher import TeacherSpec, load_teacher
-from salt_vla.trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from salt_vla.runs.rundir import TEACHER_EXPORT_NAME, RunDirError, resolve_run_path
+from salt_vla.trainer.checkpoint import CheckpointError, load_checkpoint
 from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
 
-EXPORT_NAME = "teacher.pth"
 
-
-class TeacherExportError(ValueError):
+class TeacherExportError(SaltError, ValueError):
     """A run or checkpoint that cannot be exported as a teacher; says what it is instead."""
 
 
@@ -46,7 +47,7 @@ class TeacherExport:
 
     def cache_command(self, data_root: str = "DATA_ROOT") -> str:
         """The `salt cache build` line that turns this teacher into a latent store."""
-        return (f"salt cache build {data_root} --teacher-ckpt {self.path} --teacher-arch "
+        return (f"salt cache build {data_root} --teacher {self.path} --teacher-arch "
                 f"{self.spec.arch} --view-preset {self.view}")
 
 
@@ -60,13 +61,10 @@ def teacher_spec(cfg: TeacherTrainConfig) -> TeacherSpec:
 
 
 def _resolve_checkpoint(run: Path) -> Path:
-    path = checkpoint_path(run) if run.is_dir() else run
-    if not path.is_file():
-        raise TeacherExportError(
-            f"{run}: no checkpoint ({path} does not exist); give a `salt teacher train` run "
-            "directory or its ckpt.pt"
-        )
-    return path
+    try:
+        return resolve_run_path(run, ("run", "checkpoint")).file
+    except RunDirError as e:
+        raise TeacherExportError(str(e)) from None
 
 
 def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExport:
@@ -87,7 +85,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
     except ValueError as e:
         raise TeacherExportError(f"{ckpt}: unreadable teacher config: {e}") from e
     spec = teacher_spec(cfg)
-    out = Path(out) if out is not None else ckpt.parent / EXPORT_NAME
+    out = Path(out) if out is not None else ckpt.parent / TEACHER_EXPORT_NAME
     weights = {k: v.float() for k, v in state["encoder"].items()}
     save_state_dict(weights, out)
     try:
@@ -98,7 +96,7 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
     if loaded.sha256 != sha:  # pragma: no cover - nothing rewrote the file in between
         raise TeacherExportError(f"{out} changed while it was being checked")
     sha_path = out.with_name(out.name + ".sha256")
-    _write_text(sha_path, f"{sha}  {out.name}\n")
+    write_text_atomic(sha_path, f"{sha}  {out.name}\n")
     meta: dict[str, Any] = {
         "format": "VideoMAEv2 encoder (official fine-tune key layout, bare state dict)",
         "sha256": sha,
@@ -110,13 +108,8 @@ def export_teacher(run: Path | str, out: Path | str | None = None) -> TeacherExp
         "params": int(sum(v.numel() for v in weights.values())),
         "torch": torch.__version__,
     }
-    meta_path = out.with_name(out.name + ".json")
-    _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+    meta_path = teacher_record_path(out)  # `salt cache build` reads arch + view from it
+    write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
     return TeacherExport(out, sha, sha_path, meta_path, spec, cfg.view, int(state["step"]),
                          int(state["total_steps"]))
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -10,7 +10,6 @@ the encoder is exported as ``RUN_DIR/teacher.pth`` (:mod:`teacher_export`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from salt_vla.masking.config import MaskConfig
+from salt_vla.distributed import is_main_process
+from salt_vla.errors import ConfigError
 from salt_vla.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from salt_vla.models.teacher import TeacherSpec
-from salt_vla.trainer.build import mask_config
-from salt_vla.trainer.experiments import ConfigError
+from salt_vla.runs.rundir import FAILURES_NAME
 from salt_vla.trainer.loop import RunSpec, TrainResult, train
 from salt_vla.trainer.pixel_objective import PixelModel, trainable_encoder
 from salt_vla.trainer.sources import DataSources
 from salt_vla.trainer.teacher_experiments import TeacherTrainConfig
 from salt_vla.trainer.teacher_export import TeacherExport, export_teacher
-from salt_vla.trainer.video_source import FAILURES_NAME, open_video_clips, read_failures
+from salt_vla.trainer.video_source import open_video_clips, read_failures
 
 
 def build_pixel_model(cfg: TeacherTrainConfig, num_frames: int, img_size: int) -> PixelModel:
@@ -59,21 +58,22 @@ class PixelTask:
     name = "teacher"
     config_type = TeacherTrainConfig
 
-    def open_sources(self, cfg: Any, run: Any, echo: Callable[[str], None]) -> DataSources:
+    def open_sources(
+        self, cfg: TeacherTrainConfig, run: RunSpec, echo: Callable[[str], None]
+    ) -> DataSources:
         if run.data is None:
             raise ConfigError("teacher training reads the videos: give the dataset root (--data)")
         return open_video_clips(cfg, run.data, run.split, Path(run.out) / FAILURES_NAME, echo)
 
-    def build(self, cfg: Any, sources: DataSources) -> nn.Module:
+    def build(self, cfg: TeacherTrainConfig, sources: DataSources) -> nn.Module:
         return build_pixel_model(cfg, sources.num_frames, sources.img_size)
 
     def parts(self, model: nn.Module) -> dict[str, nn.Module]:
         return model.parts()
 
-    def mask_config(self, cfg: Any) -> MaskConfig:
-        return mask_config(cfg)
-
-    def make_teacher(self, cfg: Any, sources: DataSources, device: torch.device) -> Any:
+    def make_teacher(
+        self, cfg: TeacherTrainConfig, sources: DataSources, device: torch.device
+    ) -> None:
         return None  # the pixels are the targets
 
 
@@ -101,7 +101,7 @@ def train_teacher(
     encoder to ``RUN_DIR/teacher.pth`` (with ``export``). ``sources`` (tests) replaces
     opening the videos under ``run.data``."""
     result = train(cfg, run, sources, echo, task=PIXEL_TASK)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     failures = read_failures(Path(run.out) / FAILURES_NAME)
     if main and failures:
         echo(f"warning: {len(failures)} video(s) could not be decoded and were skipped; see "

@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from salt_vla.errors import SaltError
 from salt_vla.trainer.build import spec_grid, view_spec
 from salt_vla.trainer.sources import DataSources, VideoFrames
 
 log = logging.getLogger(__name__)
 
-FAILURES_NAME = "decode_failures.jsonl"
 MAX_SKIP = 32  # consecutive unreadable clips tolerated before the data is declared broken
 
 
-class ClipSourceError(RuntimeError):
+class ClipSourceError(SaltError, RuntimeError):
     """Too many consecutive clips could not be decoded: the data (or the decoder) is broken."""
 
 
@@ -121,6 +121,7 @@ def open_video_clips(
     targets (``cfg`` has ``view``, ``tubelet``, ``patch``)."""
     spec = view_spec(cfg)
     clips = VideoClips(data_root, split, spec, failures)
+    echo(clips.index.describe())  # which SSv2 layout was found, where the videos are
     if clips.index.missing:
         echo(f"warning: {len(clips.index.missing)} video(s) of {split} are missing on disk "
              f"(e.g. {clips.index.missing[:3]}); training on the {len(clips.ids)} present. "

@@ -10,7 +10,6 @@ backend switch are needed.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -18,15 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salt_vla.trainer.run_status import (
-    DEFAULT_WINDOW,
+from salt_vla.errors import SaltError
+from salt_vla.files import atomic_path, write_text_atomic
+from salt_vla.runs.rundir import (
+    PROBE_GLOB,
     RunFiles,
-    is_run_dir,
     read_run,
-    rolling_best,
-    run_status,
-    smoothed,
+    throughput,
 )
+from salt_vla.runs.smoothing import DEFAULT_WINDOW, rolling_best, smoothed
+from salt_vla.runs.status import RunStatusError, folder_children, path_kind, run_status
+from salt_vla.runs.sweep_dir import read_state
 
 PLOTS = (("loss", "loss"), ("norm_loss", "normalised loss"), ("lr", "learning rate"))
 # Keys that differ between runs without changing what they compute.
@@ -34,7 +35,7 @@ IGNORED_KEYS = frozenset({"notes", "wandb_run", "wandb_project", "num_workers",
                           "prefetch_factor", "log_every", "ckpt_every"})
 
 
-class ReportError(ValueError):
+class ReportError(SaltError, ValueError):
     """Nothing to report on (e.g. a path that is not a run directory)."""
 
 
@@ -56,15 +57,18 @@ class RunSummary:
 
 
 def read_probes(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{file stem: {"top1", "top5", "kind"}}`` for every ``probe*.json`` in the run dir."""
+    """``{file stem: {"top1", "top5", "kind"}}`` for every ``probe*.json`` in the run dir
+    (files that are not probe records are left out)."""
+    # Imported here: the probe module pulls in torch, which a loss table does not need.
+    from salt_vla.eval.probe_run import read_probe_result
+
     out = {}
-    for path in sorted(run_dir.glob("probe*.json")):
-        try:
-            data = json.loads(path.read_text())
+    for path in sorted(run_dir.glob(PROBE_GLOB)):
+        data = read_probe_result(path)
+        if data is not None:
+            probe = data.get("probe")
             out[path.stem] = {"top1": float(data["top1"]), "top5": data.get("top5"),
-                              "kind": (data.get("probe") or {}).get("kind", "")}
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+                              "kind": probe.get("kind", "") if isinstance(probe, dict) else ""}
     return out
 
 
@@ -76,15 +80,13 @@ def summarize(run_dir: Path | str, label: str = "", window: int = DEFAULT_WINDOW
     norm = run.values("norm_loss")
     final_norm = smoothed(norm, window)
     final_loss = smoothed(run.values("loss"), window)
-    speeds = [v for _, v in run.values("clips_per_s")]
     gpu = run.values("gpu_peak_gib")
     return RunSummary(
         label=label or run_dir.name, run=run, state=st.state, step=st.step, total=st.total,
         best_norm=rolling_best(norm, window),
         final_norm=final_norm[0] if final_norm else None,
         final_loss=final_loss[0] if final_loss else None,
-        # Median: the first interval of a run includes start-up and warm caches.
-        clips_per_s=statistics.median(speeds) if speeds else None,
+        clips_per_s=throughput(run.records).clips_per_s,  # the run's, as `salt status` says
         gpu_peak_gib=max(v for _, v in gpu) if gpu else None,
         probes=read_probes(run_dir),
     )
@@ -160,7 +162,8 @@ def plot_metric(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -172,15 +175,17 @@ class Report:
 
 
 def expand_runs(paths: list[Path | str]) -> list[Path]:
-    """Run directories, with a sweep directory standing for its launched runs (in order)."""
-    from salt_vla.trainer.sweep import is_sweep_dir, read_state
-
+    """Run directories, from whatever `salt status` accepts: a run directory, a sweep
+    directory (its launched runs, in order) or a folder of either (each, sorted)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if is_sweep_dir(p):
+        kind = path_kind(p)
+        if kind == "sweep":
             stages = (read_state(p) or {}).get("stages", {}).values()
             out += [Path(r["run_dir"]) for r in stages
                     if r.get("run_dir") and Path(r["run_dir"]).is_dir()]
+        elif kind == "folder":
+            out += expand_runs(list(folder_children(p)))
         else:
             out.append(p)
     return list(dict.fromkeys(out))
@@ -191,13 +196,12 @@ def write_report(
 ) -> Report:
     """Write the Markdown report to ``out`` and its PNGs beside it (``<stem>-loss.png``,
     ``<stem>-norm_loss.png``, ``<stem>-lr.png``). A sweep directory stands for its runs."""
-    dirs = expand_runs(run_dirs)
+    try:
+        dirs = expand_runs(run_dirs)
+    except RunStatusError as e:
+        raise ReportError(str(e)) from None
     if not dirs:
         raise ReportError("no run directories given (or the sweep launched none yet)")
-    for d in dirs:
-        if not is_run_dir(d):
-            raise ReportError(f"{d} is not a run directory (no config.json, metrics.jsonl, "
-                              "ckpt.pt or heartbeat.json); pass `salt train --out` directories")
     runs = [summarize(d, label, window) for d, label in zip(dirs, labels_for(dirs), strict=True)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +210,7 @@ def write_report(
         p = plot_metric(runs, key, title, out.with_name(f"{out.stem}-{key}.png"), window)
         if p is not None:
             plots.append(p)
-    out.write_text("\n".join(report_lines(runs, plots, window)) + "\n")
+    write_text_atomic(out, "\n".join(report_lines(runs, plots, window)) + "\n")
     return Report(out, plots, runs)
 
 
@@ -222,12 +226,15 @@ def report_lines(runs: list[RunSummary], plots: list[Path], window: int) -> list
         f"{len(runs)} runs, {time.strftime('%Y-%m-%d %H:%M')}. Smoothed = mean of {window} "
         "logged values (each a mean over `log_every` steps); *best* is the lowest such mean "
         "anywhere in the run, *final* the last one. Normalised loss = loss / loss of "
-        "predicting the mean target (1.0 = no better than the mean).",
+        "predicting the mean target (1.0 = no better than the mean). clips/s = clips trained "
+        "over the wall time of the run's logged intervals (start-up before the first step "
+        "and time between a stop and its resume not counted): the figure `salt status` and "
+        "the console's `(run ...)` show.",
         "",
         "| run | exp | state | steps | best smoothed norm loss (at step) | final smoothed "
         f"norm loss | smoothed norm loss at step {common} | final smoothed loss | "
         + "".join(f"{p} top-1 | " for p in probe_names)
-        + "clips/s (median) | peak GPU GiB |",
+        + "clips/s (run) | peak GPU GiB |",
         "|" + "---|" * (10 + len(probe_names)),
     ]
     for r in runs:

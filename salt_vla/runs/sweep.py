@@ -1,13 +1,7 @@
 """`salt sweep`: a queue of training runs with decision rules, resumable after a crash.
 
-A spec (TOML, or YAML when PyYAML is installed) lists stages in order. Each stage is one of
-
-- a run:       ``{name, exp, set = [...]}`` — `salt train --exp EXP` into ``SWEEP/NAME``;
-- a reference: ``{name, run_dir}`` — an existing finished run, read, never launched;
-- a branch:    ``{name, if = {run = A, beats = B} | {run = A, below = X} | {run = A,
-  above = X}, then = {exp, name?, set?}, else = {...}}`` — runs ``then`` or ``else``;
-- a best-of:   ``{name, best_of = [A, B, ...], set = [...]}`` — reruns the best of those
-  runs' configs with extra overrides (e.g. more epochs) into ``SWEEP/NAME``.
+The spec (stages: runs, references, branches, best-of) is :mod:`salt_vla.runs.sweep_spec`;
+the queue state and its lock are :mod:`salt_vla.runs.sweep_dir`.
 
 Decisions read a smoothed metric, never one batch: the mean of the last ``window`` logged
 values of ``norm_loss`` (or ``loss``), lower is better, or the probe top-1 in
@@ -26,11 +20,8 @@ duplicated. A decision is fixed once the run it chose has been launched.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -38,373 +29,52 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from salt_vla.trainer.heartbeat import pid_alive, process_start, this_host, write_json_atomic
-from salt_vla.trainer.run_status import (
+from salt_vla.errors import ConfigError
+from salt_vla.runs.heartbeat import pid_alive, process_start, this_host
+from salt_vla.runs.rundir import (
+    PROBE_LOG_NAME,
+    TRAIN_LOG_NAME,
+    checkpoint_path,
+    read_run,
+)
+from salt_vla.runs.smoothing import smoothed
+from salt_vla.runs.status import (
     EXIT_NONFINITE,
     EXIT_OK,
     EXIT_UNHEALTHY,
-    RunStatus,
-    combined_exit_code,
     format_run,
-    read_run,
     run_status,
-    smoothed,
 )
+from salt_vla.runs.sweep_dir import (
+    STATE_FORMAT,
+    SweepError,
+    read_state,
+    save_state,
+    state_path,
+    sweep_lock,
+)
+from salt_vla.runs.sweep_spec import RunDef, Stage, SweepSpec
+from salt_vla.trainer.experiments import TrainConfig, get_preset, valid_keys
+from salt_vla.trainer.interrupt import STOP_EXIT_CODES
 
-STATE_NAME = "sweep.json"
-LOCK_NAME = ".sweep.lock"
-STATE_FORMAT = 1
-METRICS = {"norm_loss": False, "loss": False, "probe_top1": True}  # name -> higher is better
-ALIGNS = ("common_step", "end")
-EXIT_INTERRUPTED = 130
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-SEED_SPEC = """\
-# The seed sweep (the user's notes, made one tool): the baseline is the reference; run exp1;
-# run exp3 if exp1 beats the baseline, else exp2; then train the best config for longer.
-# Copy this file (`salt sweep seed --show-spec > my.toml`), edit it, `salt sweep my.toml`.
-name = "seed"
-metric = "norm_loss"   # norm_loss | loss (lower wins) | probe_top1 (higher; needs probe = [...])
-window = 20            # decisions use the mean of the last 20 logged values, never one batch
-align = "common_step"  # compare two runs at the shorter one's last step (same training budget)
-launcher = ""          # e.g. "torchrun --nproc_per_node 8"
-cache = ""             # --cache of every run ("": salt train's default)
-data = ""              # --data of every run
-set = []               # --set overrides of every run, e.g. ["num_workers=16"]
-probe = []             # `salt eval probe` args after each run, e.g. ["--data", "/mnt/ssv2"]
-
-[[stage]]
-name = "baseline"
-exp = "baseline"       # or: run_dir = "/path/to/an/existing/baseline/run"
-
-[[stage]]
-name = "exp1"
-exp = "exp1"
-
-[[stage]]
-name = "next"
-if = { run = "exp1", beats = "baseline" }
-then = { exp = "exp3" }
-else = { exp = "exp2" }
-
-[[stage]]
-name = "final"
-best_of = ["baseline", "exp1", "next"]
-set = ["epochs=@FINAL_EPOCHS@"]
-"""
+EXIT_INTERRUPTED = 130  # the sweep itself stopped by Ctrl-C (SIGTERM: 143), as `salt train`
 
 
-class SweepError(ValueError):
-    """A bad spec, a sweep directory in an inconsistent state, or a run the sweep cannot
-    continue past; the message names the file or run and the fix."""
-
-
-# --- spec ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunDef:
-    """A training run: preset ``exp`` with ``sets`` overrides, in ``SWEEP/name``."""
-
-    name: str
-    exp: str
-    sets: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Condition:
-    run: str
-    beats: str | None = None
-    below: float | None = None
-    above: float | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    kind: str  # run | reference | branch | best
-    run: RunDef | None = None
-    run_dir: Path | None = None
-    cond: Condition | None = None
-    then: RunDef | None = None
-    otherwise: RunDef | None = None
-    best_of: tuple[str, ...] = ()
-    sets: tuple[str, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    name: str
-    stages: tuple[Stage, ...]
-    metric: str = "norm_loss"
-    window: int = 20
-    align: str = "common_step"
-    launcher: tuple[str, ...] = ()
-    cache: str = ""
-    data: str = ""
-    sets: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    probe: tuple[str, ...] = ()
-    probe_file: str = "probe.json"
-    source: str = ""
-
-    @property
-    def higher_is_better(self) -> bool:
-        return METRICS[self.metric]
-
-    def identity(self) -> dict[str, Any]:
-        """What finished runs depend on: stored in the state, compared on resume."""
-        return {"sets": list(self.sets), "stages": {s.name: s.raw for s in self.stages}}
-
-
-def seed_spec_text(final_epochs: int = 15) -> str:
-    """The built-in ``seed`` spec as TOML, with the final run's epoch count filled in."""
-    if final_epochs < 1:
-        raise SweepError(f"--final-epochs {final_epochs}: must be >= 1")
-    return SEED_SPEC.replace("@FINAL_EPOCHS@", str(int(final_epochs)))
-
-
-def _parse_text(text: str, where: str) -> dict[str, Any]:
-    if where.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise SweepError(f"{where}: YAML specs need PyYAML (pip install pyyaml); or write "
-                             "the spec as TOML") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SweepError(f"{where}: not valid YAML: {e}") from None
-    else:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ModuleNotFoundError:
-                raise SweepError("TOML specs need Python >= 3.11 or `pip install tomli`") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise SweepError(f"{where}: not valid TOML: {e}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"{where}: expected a table/mapping at the top level")
-    return data
-
-
-def load_spec(
-    source: str | Path,
-    final_epochs: int | None = None,
-    reference: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> SweepSpec:
-    """Parse a spec file, or the built-in ``seed`` spec.
-
-    ``final_epochs`` / ``reference`` (seed only): epochs of the final run; an existing
-    finished baseline run to use instead of training one. ``overrides``: top-level keys
-    (``launcher``, ``cache``, ``data``, ``set``, ...) replacing the spec's, e.g. from the CLI.
-    """
-    if str(source) == "seed":
-        where = "seed (built-in)"
-        data = _parse_text(seed_spec_text(final_epochs or 15), "seed.toml")
-        if reference is not None:
-            data["stage"][0] = {"name": "baseline", "run_dir": str(reference)}
-    else:
-        if final_epochs is not None or reference is not None:
-            raise SweepError("--final-epochs and --reference apply to the built-in `seed` "
-                             f"spec only; edit {source} instead")
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise SweepError(f"sweep spec {path}: no such file (or use the built-in `seed`)")
-        where = str(path)
-        data = _parse_text(path.read_text(), path.name)
-    for key, value in (overrides or {}).items():
-        if value not in (None, "", [], ()):
-            data[key] = list(data.get("set", [])) + list(value) if key == "set" else value
-    return parse_spec(data, where)
-
-
-def _str_list(v: Any, what: str, where: str) -> tuple[str, ...]:
-    if isinstance(v, str):
-        return tuple(shlex.split(v)) if what.endswith("launcher") else (v,)
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-        raise SweepError(f"{where}: {what} must be a list of strings, got {v!r}")
-    return tuple(v)
-
-
-def _check_keys(d: dict[str, Any], allowed: set[str], what: str, where: str) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise SweepError(f"{where}: {what} has unknown keys {unknown}; valid: {sorted(allowed)}")
-
-
-def _run_def(d: Any, default_name: str | None, what: str, where: str) -> RunDef:
-    if not isinstance(d, dict) or not isinstance(d.get("exp"), str):
-        raise SweepError(f"{where}: {what} must be a table with exp = \"PRESET\", got {d!r}")
-    _check_keys(d, {"name", "exp", "set"}, what, where)
-    return RunDef(str(d.get("name") or default_name or d["exp"]), d["exp"],
-                  _str_list(d.get("set", []), f"{what}.set", where))
-
-
-def parse_spec(data: dict[str, Any], where: str = "spec") -> SweepSpec:
-    """Validate a parsed spec (see the module docstring); every problem names ``where``."""
-    top = {"name", "metric", "window", "align", "launcher", "cache", "data", "set", "env",
-           "probe", "probe_file", "stage"}
-    _check_keys(data, top, "the spec", where)
-    metric = data.get("metric", "norm_loss")
-    if metric not in METRICS:
-        raise SweepError(f"{where}: metric = {metric!r}; choose one of {', '.join(METRICS)}")
-    align = data.get("align", "common_step")
-    if align not in ALIGNS:
-        raise SweepError(f"{where}: align = {align!r}; choose one of {', '.join(ALIGNS)}")
-    window = data.get("window", 20)
-    if not isinstance(window, int) or window < 1:
-        raise SweepError(f"{where}: window = {window!r}; must be an integer >= 1")
-    env = data.get("env", {})
-    if not isinstance(env, dict):
-        raise SweepError(f"{where}: env must be a table of NAME = \"value\"")
-    raw_stages = data.get("stage")
-    if not isinstance(raw_stages, list) or not raw_stages:
-        raise SweepError(f"{where}: no stages; add [[stage]] tables (see `salt sweep seed "
-                         "--show-spec`)")
-    stages: list[Stage] = []
-    names: set[str] = set()  # run names double as directory names: unique, path-safe
-
-    def claim(name: str, what: str) -> None:
-        if not NAME_RE.match(name):
-            raise SweepError(f"{where}: {what} name {name!r}: use letters, digits, . _ -")
-        if name in names:
-            raise SweepError(f"{where}: name {name!r} is used twice; names are run directories")
-        names.add(name)
-
-    for i, d in enumerate(raw_stages):
-        what = f"stage {i + 1}"
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
-            raise SweepError(f"{where}: {what} needs name = \"...\"")
-        name = d["name"]
-        what = f"stage {name!r}"
-        claim(name, what)
-        sets = _str_list(d.get("set", []), f"{what}.set", where)
-        if "best_of" in d:
-            _check_keys(d, {"name", "best_of", "set"}, what, where)
-            cands = _str_list(d["best_of"], f"{what}.best_of", where)
-            _refs(cands, names, what, where)
-            stages.append(Stage(name, "best", best_of=cands, sets=sets, raw=d))
-        elif "if" in d:
-            _check_keys(d, {"name", "if", "then", "else"}, what, where)
-            c = d["if"]
-            if not isinstance(c, dict):
-                raise SweepError(f"{where}: {what}.if must be a table like {{run = \"exp1\", "
-                                 "beats = \"baseline\"}")
-            _check_keys(c, {"run", "beats", "below", "above"}, f"{what}.if", where)
-            tests = [k for k in ("beats", "below", "above") if k in c]
-            if "run" not in c or len(tests) != 1:
-                raise SweepError(f"{where}: {what}.if needs run = NAME and exactly one of "
-                                 "beats = NAME, below = NUMBER, above = NUMBER")
-            for k in ("below", "above"):
-                if k in c and not isinstance(c[k], (int, float)):
-                    raise SweepError(f"{where}: {what}.if.{k} must be a number")
-            cond = Condition(str(c["run"]), c.get("beats"), c.get("below"), c.get("above"))
-            _refs([cond.run] + ([cond.beats] if cond.beats else []), names, what, where)
-            if "then" not in d or "else" not in d:
-                raise SweepError(f"{where}: {what} needs both then = {{exp = ...}} and "
-                                 "else = {exp = ...}")
-            then = _run_def(d["then"], None, f"{what}.then", where)
-            other = _run_def(d["else"], None, f"{what}.else", where)
-            claim(then.name, f"{what}.then")
-            claim(other.name, f"{what}.else")
-            stages.append(Stage(name, "branch", cond=cond, then=then, otherwise=other, raw=d))
-        elif "run_dir" in d:
-            _check_keys(d, {"name", "run_dir"}, what, where)
-            path = Path(str(d["run_dir"])).expanduser().resolve()
-            raw = {**d, "run_dir": str(path)}
-            stages.append(Stage(name, "reference", run_dir=path, raw=raw))
-        elif "exp" in d:
-            stages.append(Stage(name, "run", run=_run_def(d, name, what, where), raw=d))
-        else:
-            raise SweepError(f"{where}: {what} needs one of exp, run_dir, if, best_of")
-    spec = SweepSpec(
-        name=str(data.get("name") or Path(where).stem.split(" ")[0]),
-        stages=tuple(stages), metric=metric, window=window, align=align,
-        launcher=_str_list(data.get("launcher", ""), "launcher", where),
-        cache=str(data.get("cache", "")), data=str(data.get("data", "")),
-        sets=_str_list(data.get("set", []), "set", where),
-        env={str(k): str(v) for k, v in env.items()},
-        probe=_str_list(data.get("probe", []), "probe", where),
-        probe_file=str(data.get("probe_file", "probe.json")), source=where,
-    )
-    if metric == "probe_top1" and not spec.probe:
-        raise SweepError(f"{where}: metric = \"probe_top1\" needs probe = [...], the arguments "
-                         "of `salt eval probe` (at least --data) run after each training run")
-    _check_configs(spec)
-    return spec
-
-
-def _refs(refs: Any, known: set[str], what: str, where: str) -> None:
-    for r in refs:
-        if r not in known:
-            raise SweepError(f"{where}: {what} refers to {r!r}, which no earlier stage defines")
-
-
-def _check_configs(spec: SweepSpec) -> None:
-    """Resolve every run's config now: a typo must not surface after days of training."""
-    from salt_vla.trainer.experiments import ConfigError, resolve
-
-    defs = []
-    for s in spec.stages:
-        defs += [d for d in (s.run, s.then, s.otherwise) if d is not None]
-    for d in defs:
-        try:
-            resolve(d.exp, list(spec.sets) + list(d.sets))
-        except ConfigError as e:
-            raise SweepError(f"{spec.source}: run {d.name!r}: {e}") from None
-
-
-# --- state ---------------------------------------------------------------------------------
-
-
-def state_path(sweep_dir: Path | str) -> Path:
-    return Path(sweep_dir) / STATE_NAME
-
-
-def is_sweep_dir(path: Path | str) -> bool:
-    """Whether ``path`` holds a sweep's queue state."""
-    return state_path(path).is_file()
-
-
-def read_state(sweep_dir: Path | str) -> dict[str, Any] | None:
-    path = state_path(sweep_dir)
-    if not path.is_file():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except ValueError as e:
-        raise SweepError(f"{path} is unreadable ({e}); it is written atomically, so something "
-                         "else damaged it: move it away to start the queue afresh") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise SweepError(f"{path} is not a salt sweep state (format {STATE_FORMAT})")
-    return state
+# --- queue state ---------------------------------------------------------------------------
 
 
 def new_state(spec: SweepSpec) -> dict[str, Any]:
+    """The state of a queue not started yet: every stage pending."""
     return {
         "format": STATE_FORMAT, "spec_name": spec.name, "source": spec.source,
         "identity": spec.identity(), "pid": None, "host": None, "updated": time.time(),
         "finished": False,
         "stages": {s.name: {"status": "pending", "attempts": 0} for s in spec.stages},
     }
-
-
-def save_state(sweep_dir: Path, state: dict[str, Any]) -> None:
-    state["updated"] = time.time()
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state_path(sweep_dir), state)
 
 
 def check_resumable(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> None:
@@ -428,24 +98,6 @@ def check_resumable(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> 
     for s in spec.stages:
         state["stages"].setdefault(s.name, {"status": "pending", "attempts": 0})
     state["identity"] = spec.identity()
-
-
-@contextmanager
-def sweep_lock(sweep_dir: Path):
-    """One `salt sweep` per directory: an exclusive lock, released when the process dies."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    f = open(sweep_dir / LOCK_NAME, "a+")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            state = read_state(sweep_dir) or {}
-            raise SweepError(f"another `salt sweep` (pid {state.get('pid')} on "
-                             f"{state.get('host')}) is running the queue in {sweep_dir}; "
-                             f"watch it with `salt status {sweep_dir}`") from None
-        yield
-    finally:
-        f.close()
 
 
 # --- metrics and decisions -----------------------------------------------------------------
@@ -485,12 +137,11 @@ def read_metric(
 ) -> Reading | None:
     """The smoothed decision metric of a run (None when it logged none)."""
     if spec.metric == "probe_top1":
-        path = run_dir / spec.probe_file
-        try:
-            top1 = float(json.loads(path.read_text())["top1"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return Reading(name, top1, 1, 0)
+        # Imported here: the probe module pulls in torch, which reading losses does not need.
+        from salt_vla.eval.probe_run import read_probe_result
+
+        record = read_probe_result(run_dir / spec.probe_file)
+        return None if record is None else Reading(name, float(record["top1"]), 1, 0)
     got = smoothed(read_run(run_dir).values(spec.metric), spec.window, up_to)
     return None if got is None else Reading(name, got[0], got[1], got[2])
 
@@ -616,7 +267,7 @@ def planned_stage(
 
 
 def _set_text(v: Any) -> str:
-    """A config value as `--set` text (the inverse of experiments.parse_value)."""
+    """A config value as `--set` text (the inverse of overrides.parse_value)."""
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -629,8 +280,6 @@ def _set_text(v: Any) -> str:
 def reference_config(run_dir: Path) -> tuple[str, tuple[str, ...]]:
     """The preset and `--set` overrides that reproduce a run's config (so a reference run
     can win a best-of); ``("", ())`` when its config.json is missing or not a preset's."""
-    from salt_vla.trainer.experiments import ConfigError, TrainConfig, get_preset, valid_keys
-
     try:
         cfg = TrainConfig.from_dict(read_run(run_dir).config)
         base = get_preset(cfg.name)
@@ -679,12 +328,15 @@ class _Signals:
 
     def __init__(self) -> None:
         self.count = 0
+        self.first: int | None = None  # the first signal's number
         self.proc: subprocess.Popen | None = None
         self.orphan: int | None = None  # a run adopted from an earlier sweep (not our child)
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.count += 1
+        if self.first is None:
+            self.first = signum
         if self.proc is not None and self.proc.poll() is None:
             pid = self.proc.pid
         elif self.orphan is not None:
@@ -771,7 +423,8 @@ def run_sweep(
     poll: float = 60.0,
 ) -> int:
     """Run (or resume) the queue; returns 0 when every stage finished, 1 when a run failed
-    or stopped (the state says which; re-running resumes), 130 when interrupted."""
+    or stopped (the state says which; re-running resumes), 130 / 143 when the sweep itself
+    was interrupted by SIGINT / SIGTERM (the running run checkpoints and stops first)."""
     sweep_dir = Path(sweep_dir).resolve()
     with sweep_lock(sweep_dir), _Signals() as signals:
         state = read_state(sweep_dir)
@@ -792,7 +445,7 @@ def run_sweep(
             if rec.get("status") == "done":
                 continue
             if signals.count:
-                return _interrupted(rec, sweep_dir, state, echo, p)
+                return _interrupted(rec, sweep_dir, state, echo, p, signals)
             if p.kind == "reference":
                 if not run_finished(p.run_dir):
                     raise SweepError(f"reference run {p.run_dir} (stage {stage.name}) has not "
@@ -845,40 +498,44 @@ def _run_stage(
              "earlier sweep): waiting for it")
         _wait_orphan(*orphan, p.run_dir, poll, echo, signals)
         if signals.count and not run_finished(p.run_dir):
-            return _interrupted(rec, sweep_dir, state, echo, p)
+            return _interrupted(rec, sweep_dir, state, echo, p, signals)
     if not run_finished(p.run_dir):
-        how = "resuming" if (p.run_dir / "ckpt.pt").exists() else "starting"
+        how = "resuming" if checkpoint_path(p.run_dir).exists() else "starting"
         echo(f"[{stage.name}] {how} {p.name}: {shlex.join(cmd)}")
-        echo(f"[{stage.name}] log: {p.run_dir / 'train.log'}")
-        rc = _run_process(cmd, spec.env, p.run_dir / "train.log", p.run_dir, poll, echo,
+        log = p.run_dir / TRAIN_LOG_NAME
+        echo(f"[{stage.name}] log: {log}")
+        rc = _run_process(cmd, spec.env, log, p.run_dir, poll, echo,
                           signals, lambda pid: (rec.update(pid=pid, host=this_host(),
                                                            proc_start=process_start(pid)),
                                                 save_state(sweep_dir, state)))
         rec.update(rc=rc, ended=time.time())
         if signals.count and not run_finished(p.run_dir):
-            return _interrupted(rec, sweep_dir, state, echo, p)
+            return _interrupted(rec, sweep_dir, state, echo, p, signals)
         if not run_finished(p.run_dir):
             st = run_status(p.run_dir)
             rec.update(status="failed")
             save_state(sweep_dir, state)
-            echo(f"[{stage.name}] {p.name} did not finish (exit code {rc}; {st.state}: "
-                 f"{st.message}). See {p.run_dir / 'train.log'}; re-run the sweep to resume it")
+            # 130/143: stopped by a signal sent to the run itself (not through the sweep)
+            how = (f"was stopped by {signal.Signals(rc - 128).name} (exit code {rc})"
+                   if rc in STOP_EXIT_CODES else f"did not finish (exit code {rc})")
+            echo(f"[{stage.name}] {p.name} {how}; {st.state}: {st.message}. See {log}; re-run "
+                 "the sweep to resume it")
             return EXIT_UNHEALTHY
     if spec.probe:
         out = p.run_dir / spec.probe_file
-        ckpt = p.run_dir / "ckpt.pt"
+        ckpt = checkpoint_path(p.run_dir)
         if not out.exists() or (ckpt.exists() and out.stat().st_mtime < ckpt.stat().st_mtime):
             pcmd = probe_command(spec, p)
             echo(f"[{stage.name}] probe: {shlex.join(pcmd)}")
-            rc = _run_process(pcmd, spec.env, p.run_dir / "probe.log", p.run_dir, poll,
+            rc = _run_process(pcmd, spec.env, p.run_dir / PROBE_LOG_NAME, p.run_dir, poll,
                               lambda s: None, signals)
             if signals.count:
-                return _interrupted(rec, sweep_dir, state, echo, p)
+                return _interrupted(rec, sweep_dir, state, echo, p, signals)
             if rc != 0 or not out.exists():
                 rec.update(status="failed")
                 save_state(sweep_dir, state)
                 echo(f"[{stage.name}] probe of {p.name} failed (exit code {rc}); see "
-                     f"{p.run_dir / 'probe.log'}")
+                     f"{p.run_dir / PROBE_LOG_NAME}")
                 return EXIT_UNHEALTHY
     rec.update(status="done", ended=time.time())
     save_state(sweep_dir, state)
@@ -888,12 +545,12 @@ def _run_stage(
 
 
 def _interrupted(rec: dict[str, Any], sweep_dir: Path, state: dict[str, Any],
-                 echo: Callable[[str], None], p: Planned) -> int:
+                 echo: Callable[[str], None], p: Planned, signals: _Signals) -> int:
     rec.update(status="interrupted")
     save_state(sweep_dir, state)
     echo(f"interrupted at {p.name} (a running run is asked to checkpoint and stop first); "
          "re-run the same `salt sweep` command to resume the queue")
-    return EXIT_INTERRUPTED
+    return 128 + signals.first if signals.first else EXIT_INTERRUPTED
 
 
 # --- dry run and status --------------------------------------------------------------------
@@ -930,57 +587,4 @@ def format_plan(spec: SweepSpec, sweep_dir: Path | str) -> list[str]:
         if item.decision:
             lines.append(f"     decision: {item.decision}")
         lines.append(f"     $ {shlex.join(train_command(spec, item))}")
-    return lines
-
-
-def _pending_status(name: str, run_dir: Path | None, message: str) -> RunStatus:
-    return RunStatus(str(run_dir or ""), name, "pending", EXIT_OK, message)
-
-
-def sweep_status(
-    sweep_dir: Path | str, stall_after: float | None = None, window: int = 20
-) -> dict[str, Any]:
-    """Status of every stage of a sweep (`salt status SWEEP_DIR`)."""
-    sweep_dir = Path(sweep_dir)
-    state = read_state(sweep_dir) or {}
-    runs = []
-    for stage, rec in state.get("stages", {}).items():
-        run_dir = Path(rec["run_dir"]) if rec.get("run_dir") else None
-        if run_dir is not None and run_dir.exists():
-            st = run_status(run_dir, stall_after, window)
-        else:
-            st = _pending_status(rec.get("name", stage), run_dir, "not launched yet")
-        st.extra = {"stage": stage, "queue_status": rec.get("status"),
-                    "decision": rec.get("decision", "")}
-        runs.append(st)
-    alive = bool(state.get("pid")) and state.get("host") == this_host() and \
-        pid_alive(int(state["pid"]))
-    codes = [r.exit_code for r in runs]
-    if not state.get("finished") and not alive:
-        codes.append(EXIT_UNHEALTHY)  # the queue stopped before its end
-    return {"kind": "sweep", "path": str(sweep_dir), "name": state.get("spec_name", ""),
-            "sweep_pid": state.get("pid"), "sweep_host": state.get("host"),
-            "sweep_alive": alive, "finished": bool(state.get("finished")),
-            "exit_code": combined_exit_code(codes), "runs": runs}
-
-
-def format_sweep_status(result: dict[str, Any]) -> list[str]:
-    if result["finished"]:
-        head = "finished"
-    elif result["sweep_alive"]:
-        head = f"running (pid {result['sweep_pid']})"
-    else:
-        head = (f"NOT running (pid {result['sweep_pid']} on {result['sweep_host']} is gone); "
-                "re-run the same `salt sweep` command to resume")
-    lines = [f"sweep {result['name']} in {result['path']}: {head}"]
-    for st in result["runs"]:
-        stage = st.extra.get("stage", "")
-        if st.state == "pending":
-            lines.append(f"[{stage}] {st.name}: pending")
-            continue
-        body = format_run(st)
-        lines.append(f"[{stage}] {body[0]}")
-        if st.extra.get("decision"):
-            lines.append(f"  decision: {st.extra['decision']}")
-        lines += body[1:]
     return lines

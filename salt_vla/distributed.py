@@ -1,7 +1,9 @@
-"""torchrun / DDP setup: one process per device, NCCL on GPU and gloo on CPU.
+"""Devices and torchrun ranks: the one place that reads ``RANK``/``WORLD_SIZE`` and picks a device.
 
-Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op and the
-run is a single process.
+Training joins a DDP process group (NCCL on GPU, gloo on CPU); a cache build only needs the
+environment's ranks (it makes its own gloo group, ``cache/dist.py``); the CLI only asks
+whether this process is the one that prints. Outside torchrun (no ``WORLD_SIZE`` in the
+environment) everything here is a no-op and the process is rank 0 of 1.
 """
 
 from __future__ import annotations
@@ -12,6 +14,43 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from salt_vla.errors import SaltError
+
+
+class DeviceError(SaltError, ValueError):
+    """A device that was asked for but is not there, or is not spelled as one."""
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """This process's place in a torchrun job, read from the environment (no process group).
+
+    ``local_world`` is the number of ranks on this node (``LOCAL_WORLD_SIZE``): CPU cores are
+    shared among them.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def rank_env() -> RankEnv:
+    """The torchrun variables of this process (rank 0 of 1 without torchrun)."""
+    env = os.environ
+    return RankEnv(rank=int(env.get("RANK", "0")), world=int(env.get("WORLD_SIZE", "1")),
+                   local_rank=int(env.get("LOCAL_RANK", "0")),
+                   local_world=int(env.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the rank that prints and writes run files."""
+    return rank_env().is_main
 
 
 @dataclass(frozen=True)
@@ -33,20 +72,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU."""
+def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this rank's CUDA device when CUDA is available, else the CPU; ``cpu``;
+    ``cuda`` (this rank's GPU); ``cuda:N`` (that GPU)."""
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if choice not in ("auto", "cuda") and not (
+            choice.startswith("cuda:") and choice[5:].isdigit()):
+        raise DeviceError(f"device {choice!r}: choose auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device")
-    return torch.device("cuda", local_rank)
+        raise DeviceError(f"device {choice!r} was asked for but torch sees no CUDA device; "
+                          "use --device cpu (or auto)")
+    return torch.device(choice) if choice.startswith("cuda:") else torch.device("cuda", local_rank)
 
 
 def setup_distributed(device_choice: str = "auto") -> DistInfo:
     """Join the torchrun process group if there is one; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = rank_env()
+    world, rank, local_rank = env.world, env.rank, env.local_rank
     device = pick_device(device_choice, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -4,7 +4,9 @@ It answers "is this run alive?" without ``ps | grep``: it names the training pro
 host), the step reached and when, and how the run ended (``finished``, ``stopped`` by a
 signal with a checkpoint, or ``failed`` with the error). A run whose heartbeat says
 ``running`` but whose pid is gone died without a word (OOM kill, node loss); one whose pid
-lives but whose heartbeat is old is stuck. `salt status` and `salt sweep` read it.
+lives but whose heartbeat is old is stuck. `salt status` and `salt sweep` read it (through
+:func:`salt_vla.runs.rundir.read_heartbeat`, with the other run files) and check its pid with
+:func:`pid_alive`; here are the writer and those process checks.
 
 Only the main rank writes it. Writes are throttled (``min_interval``) so calling
 :meth:`Heartbeat.beat` every step costs one ``time.time()`` on most steps.
@@ -12,37 +14,16 @@ Only the main rank writes it. Writes are throttled (``min_interval``) so calling
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-HEARTBEAT_NAME = "heartbeat.json"
+from salt_vla.files import write_json_atomic
+from salt_vla.runs.rundir import heartbeat_path
+
 STATUSES = ("running", "finished", "stopped", "failed")
-
-
-def heartbeat_path(run_dir: Path | str) -> Path:
-    """Where a run keeps its heartbeat."""
-    return Path(run_dir) / HEARTBEAT_NAME
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON via a temp file and a rename: readers see the old or new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def read_heartbeat(run_dir: Path | str) -> dict[str, Any] | None:
-    """The run's last heartbeat, or None when it has none (or it is unreadable)."""
-    path = heartbeat_path(run_dir)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def this_host() -> str:
@@ -107,8 +88,8 @@ class Heartbeat:
 
     def _write(self) -> None:
         self.state["time"] = time.time()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.state)
+        # Rewritten every few seconds: atomic, but not worth an fsync each time.
+        write_json_atomic(self.path, self.state, durable=False)
         self._last_write = time.monotonic()
 
     def start(self, step: int = 0) -> None:

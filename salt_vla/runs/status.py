@@ -1,18 +1,16 @@
-"""Is a run healthy? Reads a run directory (heartbeat, metrics.jsonl, config.json, ckpt.pt)
-and says alive / stalled / dead / finished, how far, how fast, and what the loss does.
-
-Also the reading and smoothing of a run's logged metrics that `salt sweep` and `salt report`
-share: a decision or a table built on one noisy batch misleads, so everything here works on
-means over the last ``K`` logged records (each record is itself a mean over ``log_every``
-steps).
+"""Is a run healthy? Reads a run directory (heartbeat, metrics.jsonl, config.json, ckpt.pt,
+through :mod:`salt_vla.runs.rundir`) and says alive / stalled / dead / finished, how far, how
+fast, and what the loss does; for a sweep directory, the same for every stage plus whether
+the sweep process still runs.
 
 Exit codes (`salt status`): 0 healthy (running, or finished with finite losses); 1 stalled,
-dead, failed, stopped or never started; 2 ended with a non-finite loss.
+dead, failed, stopped or never started; 2 ended with a non-finite loss. `salt train` itself
+exits 0 when a run ends as planned, 1 on an error, and 130 / 143 when SIGINT / SIGTERM stopped
+it after its checkpoint (its heartbeat then says ``stopped``: 1 here).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -20,124 +18,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salt_vla.trainer.heartbeat import pid_alive, read_heartbeat, this_host
+from salt_vla.errors import SaltError
+from salt_vla.runs.heartbeat import pid_alive, this_host
+from salt_vla.runs.rundir import (
+    MARKERS_TEXT,
+    METRICS_NAME,
+    NONFINITE_GLOB,
+    RunFiles,
+    checkpoint_path,
+    checkpoints,
+    is_run_dir,
+    read_run,
+    resume_command,
+    throughput,
+)
+from salt_vla.runs.smoothing import DEFAULT_WINDOW, smoothed
+from salt_vla.runs.sweep_dir import is_sweep_dir, read_state
+from salt_vla.trainer.metrics_log import format_duration
 
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
-CKPT_NAME = "ckpt.pt"
-DEFAULT_WINDOW = 20  # logged records averaged for "smoothed" values
 MIN_STALL_S = 600.0  # never call a run stalled sooner (startup, compile, a slow first batch)
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NONFINITE = 0, 1, 2
 
 
-class RunStatusError(ValueError):
+class RunStatusError(SaltError, ValueError):
     """A path that is not a run directory, sweep directory or a folder of them."""
-
-
-# --- reading a run -------------------------------------------------------------------------
-
-
-@dataclass
-class RunFiles:
-    """What a run directory holds, parsed: ``records`` are the metric lines (with a loss),
-    ``events`` the one-off lines (start, resume, stop)."""
-
-    run_dir: Path
-    config: dict[str, Any]  # the TrainConfig dict ({} without config.json)
-    meta: dict[str, Any]  # the rest of config.json (total_steps, data, world_size, ...)
-    records: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    heartbeat: dict[str, Any] | None
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def total(self) -> int:
-        """Total optimiser steps (heartbeat, else config.json; 0 when unknown)."""
-        if self.heartbeat and self.heartbeat.get("total"):
-            return int(self.heartbeat["total"])
-        return int(self.meta.get("total_steps") or self.config.get("max_steps") or 0)
-
-    @property
-    def last_step(self) -> int:
-        """Steps done, as far as the files tell."""
-        steps = [int(r["step"]) for r in self.records]
-        if self.heartbeat:
-            steps.append(int(self.heartbeat.get("step", 0)))
-        return max(steps, default=0)
-
-    def values(self, key: str) -> list[tuple[int, float]]:
-        """``(step, value)`` of ``key`` over the logged records that have it."""
-        return [(int(r["step"]), float(r[key])) for r in self.records
-                if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a `salt train` run directory."""
-    return path.is_dir() and any(
-        (path / n).exists() for n in (CONFIG_NAME, METRICS_NAME, CKPT_NAME, "heartbeat.json")
-    )
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_run(run_dir: Path | str) -> RunFiles:
-    """Parse a run directory; missing files give empty parts (a run that never started
-    has none), torn JSONL lines are skipped."""
-    run_dir = Path(run_dir)
-    meta = _load_json(run_dir / CONFIG_NAME)
-    config = meta.pop("config", {}) if isinstance(meta.get("config"), dict) else {}
-    records: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    path = run_dir / METRICS_NAME
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict) or "step" not in rec:
-                continue
-            (events if "event" in rec else records).append(rec)
-    return RunFiles(run_dir, config, meta, records, events, read_heartbeat(run_dir))
-
-
-def smoothed(
-    points: list[tuple[int, float]], window: int = DEFAULT_WINDOW, up_to: int | None = None
-) -> tuple[float, int, int] | None:
-    """Mean of the last ``window`` values at steps ``<= up_to`` (all when None), as
-    ``(mean, values used, last step used)``; None when there are none. A non-finite value
-    in the window makes the mean non-finite, on purpose: such a run must not look good."""
-    pts = [p for p in points if up_to is None or p[0] <= up_to]
-    if not pts:
-        return None
-    tail = pts[-max(1, window):]
-    return math.fsum(v for _, v in tail) / len(tail), len(tail), tail[-1][0]
-
-
-def rolling_best(
-    points: list[tuple[int, float]], window: int = DEFAULT_WINDOW
-) -> tuple[float, int] | None:
-    """Lowest mean over any ``window`` consecutive values (fewer at the start) and the step
-    it ends at; None without values. Windows holding a non-finite value are skipped."""
-    best: tuple[float, int] | None = None
-    for i in range(len(points)):
-        tail = points[max(0, i - window + 1): i + 1]
-        if len(tail) < min(window, len(points)):
-            continue
-        mean = math.fsum(v for _, v in tail) / len(tail)
-        if math.isfinite(mean) and (best is None or mean < best[0]):
-            best = (mean, points[i][0])
-    return best
 
 
 def has_nonfinite(run: RunFiles) -> bool:
@@ -145,7 +50,7 @@ def has_nonfinite(run: RunFiles) -> bool:
     for key in ("loss", "norm_loss"):
         if any(not math.isfinite(v) for _, v in run.values(key)):
             return True
-    return any(run.run_dir.glob("nonfinite-step*.pt"))
+    return any(run.run_dir.glob(NONFINITE_GLOB))
 
 
 # --- status of one run ---------------------------------------------------------------------
@@ -172,7 +77,9 @@ class RunStatus:
     norm_loss: float | None = None
     norm_loss_smoothed: float | None = None
     window: int = DEFAULT_WINDOW
-    clips_per_s: float | None = None
+    clips_per_s: float | None = None  # the run's: clips trained / wall time of its intervals
+    clips: int = 0  # clips trained, as far as the metrics tell
+    train_s: float = 0.0  # wall time they took (the logged intervals)
     eta_s: float | None = None
     checkpoint: dict[str, Any] | None = None
     gpu_peak_gib: float | None = None
@@ -201,19 +108,20 @@ def auto_stall_after(run: RunFiles) -> float:
     return max(MIN_STALL_S, 5 * statistics.median(gaps)) if gaps else MIN_STALL_S
 
 
-def _rate_eta(run: RunFiles, step: int, total: int, window: int) -> float | None:
-    """Seconds left from the step rate over the last logged records."""
-    recs = [r for r in run.records[-window:] if isinstance(r.get("time"), (int, float))]
-    if len(recs) >= 2 and recs[-1]["time"] > recs[0]["time"] and recs[-1]["step"] > recs[0]["step"]:
-        rate = (recs[-1]["step"] - recs[0]["step"]) / (recs[-1]["time"] - recs[0]["time"])
-        return max(0.0, (total - step) / rate)
-    if recs and isinstance(recs[-1].get("eta_s"), (int, float)):
-        return float(recs[-1]["eta_s"])
-    return None
+def _rate_eta(run: RunFiles, step: int, total: int) -> float | None:
+    """Seconds left at the run's rate (the console's ETA); the last logged ``eta_s`` for runs
+    that did not log their throughput."""
+    batch = run.config.get("batch_size")
+    if isinstance(batch, int):
+        eta = throughput(run.records).eta_s((total - step) * batch)
+        if eta is not None:
+            return eta
+    last = run.records[-1].get("eta_s") if run.records else None
+    return float(last) if isinstance(last, (int, float)) else None
 
 
 def _checkpoint_info(run: RunFiles, step: int, total: int, now: float) -> dict[str, Any] | None:
-    path = run.run_dir / CKPT_NAME
+    path = checkpoint_path(run.run_dir)
     if not path.is_file():
         return None
     hb = run.heartbeat or {}
@@ -226,7 +134,13 @@ def _checkpoint_info(run: RunFiles, step: int, total: int, now: float) -> dict[s
         ckpt_step = total if total and step >= total else (step // every * every if every else None)
         how = "inferred from ckpt_every"
     return {"path": str(path), "step": ckpt_step, "step_from": how,
-            "age_s": round(now - path.stat().st_mtime, 1)}
+            "age_s": round(now - path.stat().st_mtime, 1),
+            "kept_steps": [s for s, _ in checkpoints(run.run_dir)]}
+
+
+def _resume(run: RunFiles) -> str:
+    """The command that continues ``run`` with its saved config, as it works when typed."""
+    return resume_command(run.run_dir, run.meta.get("task"))
 
 
 def run_status(
@@ -257,8 +171,8 @@ def run_status(
         if pts:
             setattr(st, last_attr, pts[-1][1])
             setattr(st, smooth_attr, smoothed(pts, window)[0])  # type: ignore[index]
-    speeds = [v for _, v in run.values("clips_per_s")][-window:]
-    st.clips_per_s = statistics.fmean(speeds) if speeds else None
+    rate = throughput(run.records)
+    st.clips_per_s, st.clips, st.train_s = rate.clips_per_s, rate.clips, round(rate.seconds, 3)
     gpu = run.values("gpu_peak_gib")
     st.gpu_peak_gib = gpu[-1][1] if gpu else None
     st.checkpoint = _checkpoint_info(run, step, total, now)
@@ -272,8 +186,7 @@ def run_status(
             if same_host and not pid_alive(int(st.pid or 0), hb.get("proc_start")):
                 st.state, st.exit_code = "dead", EXIT_UNHEALTHY
                 st.message = (f"process {st.pid} is gone but never reported an end (killed: OOM, "
-                              f"SIGKILL, node loss?); resume with `salt train ... --out {run_dir} "
-                              "--resume`")
+                              f"SIGKILL, node loss?); resume with `{_resume(run)}`")
             elif st.heartbeat_age_s > limit:
                 st.state, st.exit_code = "stalled", EXIT_UNHEALTHY
                 where = (f"process {st.pid} is alive" if same_host
@@ -288,7 +201,7 @@ def run_status(
         elif status == "stopped":
             st.state, st.exit_code = "stopped", EXIT_UNHEALTHY
             st.message = (f"stopped by a signal at step {step}/{total} with a checkpoint; continue "
-                          f"with `salt train ... --out {run_dir} --resume`")
+                          f"with `{_resume(run)}`")
         else:
             st.state, st.exit_code = "failed", EXIT_UNHEALTHY
             st.message = f"failed: {hb.get('error') or 'unknown error (see the run log)'}"
@@ -301,7 +214,7 @@ def run_status(
         # The trainer's last words after a graceful stop (SIGTERM/Ctrl-C), with a checkpoint.
         st.state, st.exit_code = "stopped", EXIT_UNHEALTHY
         st.message = (f"stopped at step {step}/{total} with a checkpoint (no heartbeat file); "
-                      f"continue with `salt train ... --out {run_dir} --resume`")
+                      f"continue with `{_resume(run)}`")
     else:
         metrics = run_dir / METRICS_NAME
         age = now - metrics.stat().st_mtime if metrics.exists() else math.inf
@@ -317,10 +230,67 @@ def run_status(
         st.exit_code = EXIT_NONFINITE
         st.message += "; a logged loss is non-finite (NaN/inf)"
     if st.state == "running" and total:
-        st.eta_s = _rate_eta(run, step, total, window)
+        st.eta_s = _rate_eta(run, step, total)
     elif st.state == "finished":
         st.eta_s = 0.0
     return st
+
+
+# --- a sweep ------------------------------------------------------------------------------
+
+
+def _pending_status(name: str, run_dir: Path | None, message: str) -> RunStatus:
+    return RunStatus(str(run_dir or ""), name, "pending", EXIT_OK, message)
+
+
+def sweep_status(
+    sweep_dir: Path | str, stall_after: float | None = None, window: int = DEFAULT_WINDOW
+) -> dict[str, Any]:
+    """Status of every stage of a sweep (`salt status SWEEP_DIR`)."""
+    sweep_dir = Path(sweep_dir)
+    state = read_state(sweep_dir) or {}
+    runs = []
+    for stage, rec in state.get("stages", {}).items():
+        run_dir = Path(rec["run_dir"]) if rec.get("run_dir") else None
+        if run_dir is not None and run_dir.exists():
+            st = run_status(run_dir, stall_after, window)
+        else:
+            st = _pending_status(rec.get("name", stage), run_dir, "not launched yet")
+        st.extra = {"stage": stage, "queue_status": rec.get("status"),
+                    "decision": rec.get("decision", "")}
+        runs.append(st)
+    alive = bool(state.get("pid")) and state.get("host") == this_host() and \
+        pid_alive(int(state["pid"]))
+    codes = [r.exit_code for r in runs]
+    if not state.get("finished") and not alive:
+        codes.append(EXIT_UNHEALTHY)  # the queue stopped before its end
+    return {"kind": "sweep", "path": str(sweep_dir), "name": state.get("spec_name", ""),
+            "sweep_pid": state.get("pid"), "sweep_host": state.get("host"),
+            "sweep_alive": alive, "finished": bool(state.get("finished")),
+            "exit_code": combined_exit_code(codes), "runs": runs}
+
+
+def format_sweep_status(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for :func:`sweep_status`'s result."""
+    if result["finished"]:
+        head = "finished"
+    elif result["sweep_alive"]:
+        head = f"running (pid {result['sweep_pid']})"
+    else:
+        head = (f"NOT running (pid {result['sweep_pid']} on {result['sweep_host']} is gone); "
+                "re-run the same `salt sweep` command to resume")
+    lines = [f"sweep {result['name']} in {result['path']}: {head}"]
+    for st in result["runs"]:
+        stage = st.extra.get("stage", "")
+        if st.state == "pending":
+            lines.append(f"[{stage}] {st.name}: pending")
+            continue
+        body = format_run(st)
+        lines.append(f"[{stage}] {body[0]}")
+        if st.extra.get("decision"):
+            lines.append(f"  decision: {st.extra['decision']}")
+        lines += body[1:]
+    return lines
 
 
 # --- several runs --------------------------------------------------------------------------
@@ -331,29 +301,45 @@ def combined_exit_code(codes: list[int]) -> int:
     return max(codes, default=EXIT_OK)
 
 
+def path_kind(path: Path | str) -> str:
+    """What a path given to `salt status` or `salt report` names: ``"sweep"``, ``"run"`` or
+    ``"folder"`` (a directory holding runs or sweeps); anything else raises
+    :class:`RunStatusError` naming what to pass."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunStatusError(f"{path}: no such directory; pass a run directory (`salt train "
+                             "--out`), a sweep directory (`salt sweep --dir`) or a folder of "
+                             "either")
+    if is_sweep_dir(path):
+        return "sweep"
+    if is_run_dir(path):
+        return "run"
+    if not folder_children(path):
+        raise RunStatusError(
+            f"{path} is not a run directory (no {MARKERS_TEXT}), not a sweep directory and "
+            "holds neither"
+        )
+    return "folder"
+
+
+def folder_children(path: Path) -> list[Path]:
+    """The run and sweep directories directly inside ``path``, sorted."""
+    return sorted(p for p in path.iterdir() if is_sweep_dir(p) or is_run_dir(p))
+
+
 def status_of(
     path: Path | str, stall_after: float | None = None, window: int = DEFAULT_WINDOW
 ) -> dict[str, Any]:
     """Status of a run directory, a sweep directory or a folder holding either, as
     ``{"kind": "run"|"sweep"|"folder", "path", "exit_code", "runs": [RunStatus...], ...}``."""
-    from salt_vla.trainer.sweep import is_sweep_dir, sweep_status
-
     path = Path(path)
-    if not path.is_dir():
-        raise RunStatusError(f"{path}: no such directory; pass a run directory (`salt train "
-                             "--out`) or a sweep directory (`salt sweep --dir`)")
-    if is_sweep_dir(path):
+    kind = path_kind(path)
+    if kind == "sweep":
         return sweep_status(path, stall_after, window)
-    if is_run_dir(path):
+    if kind == "run":
         st = run_status(path, stall_after, window)
         return {"kind": "run", "path": str(path), "exit_code": st.exit_code, "runs": [st]}
-    children = sorted(p for p in path.iterdir() if is_sweep_dir(p) or is_run_dir(p))
-    if not children:
-        raise RunStatusError(
-            f"{path} is not a run directory (no config.json, metrics.jsonl, ckpt.pt or "
-            "heartbeat.json), not a sweep directory and holds neither"
-        )
-    parts = [status_of(c, stall_after, window) for c in children]
+    parts = [status_of(c, stall_after, window) for c in folder_children(path)]
     runs = [r for p in parts for r in p["runs"]]
     return {"kind": "folder", "path": str(path), "parts": parts, "runs": runs,
             "exit_code": combined_exit_code([p["exit_code"] for p in parts])}
@@ -372,19 +358,22 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 600 else format_duration(s)
+
+
 def format_run(st: RunStatus) -> list[str]:
     """Human-readable lines for one run."""
-    from salt_vla.trainer.metrics_log import format_duration
-
     pct = f" ({100 * st.step / st.total:.1f}%)" if st.total else ""
     lines = [f"{st.name}: {st.state.upper()} — {st.message}",
              f"  dir {st.run_dir}" + (f"  exp {st.exp}" if st.exp else ""),
              f"  step {st.step}/{st.total or '?'}{pct}"
              + (f"  eta {format_duration(st.eta_s)}" if st.eta_s is not None else "")
-             + (f"  {st.clips_per_s:.1f} clips/s" if st.clips_per_s is not None else "")]
+             + (f"  {st.clips_per_s:.1f} clips/s over the run ({st.clips} clips in "
+                f"{_seconds(st.train_s)} of training)" if st.clips_per_s is not None else "")]
     if st.loss is not None:
         lines.append(f"  loss {_num(st.loss)} (mean of last {st.window}: "
-                     f"{_num(st.loss_smoothed)})  norm loss {_num(st.norm_loss)} "
+                     f"{_num(st.loss_smoothed)})  nloss {_num(st.norm_loss)} "
                      f"(mean: {_num(st.norm_loss_smoothed)})")
     if st.heartbeat_age_s is not None:
         what = "last heartbeat" if st.pid else "metrics.jsonl written"
@@ -393,7 +382,9 @@ def format_run(st: RunStatus) -> list[str]:
                      + f"; stalled after {st.stall_after_s:.0f} s")
     if st.checkpoint:
         c = st.checkpoint
-        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)")
+        lines.append(f"  checkpoint {c['path']} step {c['step']} ({c['age_s']:.0f} s old)"
+                     + (f"; kept: steps {', '.join(map(str, c['kept_steps']))}"
+                        if c.get("kept_steps") else ""))
     if st.gpu_peak_gib is not None:
         lines.append(f"  peak GPU memory {st.gpu_peak_gib:.2f} GiB")
     return lines
@@ -407,7 +398,5 @@ def format_status(result: dict[str, Any]) -> list[str]:
             lines += format_status(part)
         return lines
     if result["kind"] == "sweep":
-        from salt_vla.trainer.sweep import format_sweep_status
-
         return format_sweep_status(result)
     return [line for st in result["runs"] for line in format_run(st)]
