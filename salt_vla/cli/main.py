@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from salt_vla import __version__
-from salt_vla.cli import cache, data, demo, masks, runs, train
+from salt_vla.cli import cache, data, demo, masks, runs, teacher, train
 from salt_vla.cli import eval as evaluate
 from salt_vla.cli.common import SaltGroup, say
 
@@ -51,7 +51,7 @@ app.command("sweep", help=runs.SWEEP_HELP)(runs.sweep_cmd)
 app.command("status", help=runs.STATUS_HELP)(runs.status_cmd)
 app.command("report", help=runs.REPORT_HELP)(runs.report_cmd)
 app.command("export", help=runs.EXPORT_HELP)(runs.export_cmd)
-app.add_typer(train.teacher_app, name="teacher")
+app.add_typer(teacher.app, name="teacher")
 app.command("demo", help=demo.DEMO_HELP)(demo.demo_cmd)
 
 
