@@ -78,6 +78,9 @@ def demo_cfg(seed: int, *, synth: dict[str, Any] | None = None, labeled: int = 4
                                                     **(probe or {})}),
         probe_positions=positions, pretrain_split="test" if unlabeled else "train",
         workers=2,
+        # the screens compare end points: no learning-curve or intphys stage (the demo's
+        # own runs have them; these keys never make a regime directory unusable)
+        curve_points=1, teacher_curve_points=1, intphys_pairs=0,
     )
 
 

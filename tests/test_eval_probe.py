@@ -288,6 +288,28 @@ def test_val_every_only_changes_what_the_history_records() -> None:
     assert all("val_top1" in r for r in every.history)
     assert not any("val_top1" in r for r in sparse.history)
     assert [r["loss"] for r in sparse.history] == [r["loss"] for r in every.history]
+
+
+def test_cli_probe_positions_fixed_on_streamed_features(tiny_ssv2: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--positions fixed` reaches the probe (the record says so, with the features' RMS) in
+    the streaming mode too, and the default output name says which probe it was."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [
+        "eval", "probe", "--encoder", "random:tiny", "--data", str(tiny_ssv2), "--view-preset",
+        "tiny-8x64", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--positions",
+        "fixed", "--features", "stream"])
+    assert res.exit_code == 0, res.output
+    assert "positions fixed" in res.output, res.output
+    rec = json.loads((tmp_path / "probe-random-tiny-pos-fixed.json").read_text())
+    assert rec["probe"]["positions"] == "fixed" and rec["positions"] == "fixed"
+    assert rec["feature_rms"] > 0 and rec["features"]["mode"] == "stream"
+    bad = CliRunner().invoke(app, ["eval", "probe", "--encoder", "random:tiny", "--data",
+                                   str(tiny_ssv2), "--view-preset", "tiny-8x64", "--positions",
+                                   "sincos"])
+    assert bad.exit_code == 1 and "positions" in bad.output and "Traceback" not in bad.output
+
+
 # --- features at SSv2 size: the mode, the checks before allocating, the same values -----------
 
 
