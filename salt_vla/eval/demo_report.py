@@ -467,7 +467,7 @@ def _plot_curves(ax: Any, results: list[SeedResult]) -> None:
     ax.set_title("learning curves (mean over seeds)")
     ax.grid(True, alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=6, loc="upper left")
+        ax.legend(fontsize=6, loc="lower right")
 
 
 @dataclass(frozen=True)
