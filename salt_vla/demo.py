@@ -78,7 +78,8 @@ class DemoConfig:
     ``teacher``: ``"stage1"`` trains it (``teacher_sets`` override the ``teacher-tiny``
     preset); ``"random"`` uses the seeded random ``random:vit_tiny:SEED`` instead (no stage
     1; the baseline the stage-1 teacher should beat). ``train_sets`` override the ``tiny``
-    preset. ``workers``: decoding processes for synthesis, the cache build and features.
+    preset. ``workers``: decoding processes for synthesis, the cache build and features,
+    and how many probes run at a time (one thread each).
 
     ``probe_positions``: the probe's ``positions`` modes to run for every encoder (``none``
     is V-JEPA's position-free protocol; ``fixed``/``learned`` add the grid's position table,

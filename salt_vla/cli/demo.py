@@ -52,7 +52,8 @@ def demo_cmd(
     ),
     workers: int | None = typer.Option(
         None, "--workers",
-        help="Decoding processes for synthesis and the cache build (default: up to 2).",
+        help="Decoding processes for synthesis and the cache build, and probes run at a time "
+        "(one thread each) (default: up to 2; --size gpu: up to 8).",
         show_default=False,
     ),
 ) -> None:
