@@ -77,6 +77,78 @@ def test_probe_is_deterministic_given_seed() -> None:
     assert a.history == b.history
 
 
+GRID = (2, 2, 2)  # (t, h, w): 8 tokens
+
+
+def _order_only(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A toy "time-reversal" set: class 0 has content ``a`` at (t=0, y, x) and ``b`` at
+    (t=1, y, x) of a random cell (y, x), class 1 the reverse; every other token is noise.
+
+    Both classes have the same multiset of tokens, so only (position x content) separates
+    them: a position-free attentive probe (invariant to permuting tokens) must be at chance.
+    """
+    rng = np.random.default_rng(seed)
+    t, h, w = GRID
+    hw = h * w
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, t * hw, 32)).astype(np.float32)
+    a, b = np.zeros(32, np.float32), np.zeros(32, np.float32)
+    a[0], b[1] = 4.0, 4.0
+    cell = rng.integers(0, hw, n)
+    for i in range(n):
+        first, second = (a, b) if y[i] == 0 else (b, a)
+        x[i, cell[i]] = first + 0.3 * rng.normal(size=32)
+        x[i, hw + cell[i]] = second + 0.3 * rng.normal(size=32)
+    return x, y
+
+
+@pytest.mark.parametrize("positions", ["fixed", "learned"])
+def test_position_aware_probe_reads_position_x_content(positions: str) -> None:
+    tx, ty = _order_only(256, 0)
+    vx, vy = _order_only(256, 1)
+    # lr 1e-2: a learned table starts at 0.02 next to tokens of RMS ~1 and must grow first
+    base = dict(epochs=20, batch_size=32, lr=1e-2, heads=4)
+    free = train_probe(tx, ty, vx, vy, 2, ProbeConfig(**base))
+    aware = train_probe(tx, ty, vx, vy, 2, ProbeConfig(**base, positions=positions), grid=GRID)
+    assert free.top1 <= 0.62, f"position-free probe {free.top1} above chance on order-only data"
+    assert aware.top1 >= 0.9, f"{positions} probe {aware.top1}: {aware.history[-3:]}"
+    assert aware.positions == positions and free.positions == "none"
+    if positions == "fixed":  # the table is scaled to the features' RMS
+        assert aware.feature_rms == pytest.approx(float(np.sqrt((tx.astype(np.float64) ** 2)
+                                                                .mean())), rel=1e-6)
+
+
+def test_fixed_table_has_the_features_rms_and_positions_need_a_grid() -> None:
+    cfg = ProbeConfig(positions="fixed", heads=4)
+    probe = AttentiveProbe(32, 2, cfg, GRID, rms=7.0)
+    assert float(probe.pos_table.pow(2).mean().sqrt()) == pytest.approx(7.0, rel=1e-5)
+    x = torch.zeros(3, 8, 32)
+    torch.testing.assert_close(probe.add_positions(x), probe.pos_table.expand(3, -1, -1))
+    with pytest.raises(ValueError, match="grid"):
+        AttentiveProbe(32, 2, cfg)
+    with pytest.raises(ValueError, match="grid"):
+        train_probe(*_order_only(8, 0), *_order_only(8, 1), 2, cfg)
+    with pytest.raises(ValueError, match="tokens"):
+        train_probe(*_order_only(8, 0), *_order_only(8, 1), 2, cfg, grid=(1, 2, 2))
+    with pytest.raises(ValueError, match="positions"):
+        ProbeConfig(positions="sincos")
+
+
+def test_default_probe_is_unchanged_by_the_position_option() -> None:
+    """positions="none" builds the same weights as before the option existed: the table
+    is drawn after every other parameter."""
+    cfg = ProbeConfig(heads=4)
+    torch.manual_seed(0)
+    plain = AttentiveProbe(32, 2, cfg)
+    torch.manual_seed(0)
+    learned = AttentiveProbe(32, 2, ProbeConfig(heads=4, positions="learned"), GRID)
+    extra = dict(learned.named_parameters())
+    assert set(extra) - set(dict(plain.named_parameters())) == {"pos_embed"}
+    for name, p in plain.named_parameters():
+        assert torch.equal(p, extra[name]), name
+    assert plain.pos_embed is None
+
+
 def test_topk_correct_counts_exactly() -> None:
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.1, 0.3, 0.2]])
     labels = torch.tensor([1, 2, 0])
@@ -205,6 +277,37 @@ def test_cli_probe_runs_on_a_tiny_dataset(tiny_ssv2: Path, tmp_path: Path) -> No
     bad = CliRunner().invoke(app, ["eval", "probe", "--encoder", "random:tiny", "--data",
                                    str(tiny_ssv2)])
     assert bad.exit_code == 1 and "--view-preset" in bad.output
+
+
+def test_val_every_only_changes_what_the_history_records() -> None:
+    tx, ty = _separable(32, 0)
+    vx, vy = _separable(16, 1)
+    every = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=4, batch_size=8))
+    sparse = train_probe(tx, ty, vx, vy, K, ProbeConfig(epochs=4, batch_size=8, val_every=0))
+    assert sparse.top1 == every.top1 and sparse.top5 == every.top5
+    assert all("val_top1" in r for r in every.history)
+    assert not any("val_top1" in r for r in sparse.history)
+    assert [r["loss"] for r in sparse.history] == [r["loss"] for r in every.history]
+
+
+def test_cli_probe_positions_fixed_on_streamed_features(tiny_ssv2: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--positions fixed` reaches the probe (the record says so, with the features' RMS) in
+    the streaming mode too, and the default output name says which probe it was."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [
+        "eval", "probe", "--encoder", "random:tiny", "--data", str(tiny_ssv2), "--view-preset",
+        "tiny-8x64", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--positions",
+        "fixed", "--features", "stream"])
+    assert res.exit_code == 0, res.output
+    assert "positions fixed" in res.output, res.output
+    rec = json.loads((tmp_path / "probe-random-tiny-pos-fixed.json").read_text())
+    assert rec["probe"]["positions"] == "fixed" and rec["positions"] == "fixed"
+    assert rec["feature_rms"] > 0 and rec["features"]["mode"] == "stream"
+    bad = CliRunner().invoke(app, ["eval", "probe", "--encoder", "random:tiny", "--data",
+                                   str(tiny_ssv2), "--view-preset", "tiny-8x64", "--positions",
+                                   "sincos"])
+    assert bad.exit_code == 1 and "positions" in bad.output and "Traceback" not in bad.output
 
 
 # --- features at SSv2 size: the mode, the checks before allocating, the same values -----------

@@ -389,3 +389,85 @@ def test_cli_preview_rejects_bad_strategy():
 
     res = CliRunner().invoke(app, ["masks", "preview", "--strategy", "blocks", "--n", "4"])
     assert res.exit_code != 0 and "strategy" in res.output
+
+
+# --- temporal-split masks (predict later time steps from earlier ones) ----------------
+
+
+def test_temporal_masks_split_the_clip_in_time_once_per_batch():
+    cfg = _cfg("temporal")
+    col = MaskCollator(cfg, TINY, seed=0)
+    seen = set()
+    for b in range(40):
+        batch = col([{"index": 8 * b + i, "epoch": 0} for i in range(8)])
+        (ctx, tgt), = batch["masks"]
+        assert ctx.shape[0] == tgt.shape[0] == 8
+        assert ctx.shape[1] + tgt.shape[1] == TINY.num_tokens  # nothing dropped
+        steps_c = set((ctx // TINY.per_frame).unique().tolist())
+        steps_t = set((tgt // TINY.per_frame).unique().tolist())
+        assert not steps_c & steps_t and steps_c | steps_t == set(range(TINY.t))
+        k = len(steps_c)
+        forward = steps_c == set(range(k))
+        assert forward or steps_c == set(range(TINY.t - k, TINY.t))  # one end of the clip
+        assert all(torch.equal(ctx[0], row) for row in ctx)  # one split for the whole batch
+        seen.add((k, forward))
+    assert seen == {(k, f) for k in (1, 2, 3) for f in (True, False)}  # every split occurs
+
+
+def test_forward_temporal_masks_always_predict_the_future():
+    cfg = _cfg("temporal", temporal_direction="forward")
+    for key in range(30):
+        (ctx, tgt), = sample_masks(cfg, TINY, seed=1, epoch=0, index=key)
+        assert ctx.max() < tgt.min()
+
+
+def test_temporal_group_is_appended_and_leaves_the_other_groups_unchanged():
+    plain = _cfg("multiblock")
+    extra = _cfg("multiblock", temporal_group=True)
+    assert extra.num_groups == plain.num_groups + 1
+    for index in range(10):
+        a = sample_masks(plain, TINY, seed=3, epoch=1, index=index)
+        b = sample_masks(extra, TINY, seed=3, epoch=1, index=index)
+        assert len(b) == len(a) + 1
+        for (ca, ta), (cb, tb) in zip(a, b[:-1], strict=True):
+            np.testing.assert_array_equal(ca, cb)
+            np.testing.assert_array_equal(ta, tb)
+        ctx, tgt = b[-1]
+        assert len(np.unique(ctx // TINY.per_frame)) + len(np.unique(tgt // TINY.per_frame)) \
+            == TINY.t
+    with pytest.raises(ValueError, match="temporal_group"):
+        _cfg("temporal", temporal_group=True)
+    with pytest.raises(ValueError, match="temporal_direction"):
+        _cfg("ratio", temporal_direction="backward")
+
+
+def test_trainer_keys_build_temporal_masks_and_partial_time_blocks():
+    from salt_vla.trainer.build import mask_config
+    from salt_vla.trainer.experiments import ConfigError, resolve
+    from salt_vla.trainer.teacher_experiments import resolve_teacher
+
+    assert mask_config(resolve("tiny")) == MaskConfig(strategy="ratio", ratio=0.75)
+    cfg = mask_config(resolve("tiny", ["mask_temporal_group=true",
+                                       "mask_temporal_direction=forward"]))
+    assert cfg.temporal_group and cfg.temporal_direction == "forward" and cfg.num_groups == 2
+    teacher = mask_config(resolve_teacher("teacher-tiny", ["mask_temporal_scale=0.5,0.5"]))
+    assert all(g.temporal_scale == (0.5, 0.5) for g in teacher.groups)
+    sizes = batch_block_sizes(teacher, TINY, 0, 0, 0)
+    assert [s.t for s in sizes] == [2, 2]  # blocks cover 2 of the 4 time steps
+    for gm in sample_group_masks(teacher, TINY, sizes, 0, 0, 0):
+        assert gm.blocks and all(b.t == 2 for b in gm.blocks)
+    with pytest.raises(ConfigError, match="mask_temporal_direction"):
+        resolve("tiny", ["mask_temporal_direction=sideways"])
+
+
+def test_temporal_max_context_bounds_the_context_steps():
+    cfg = _cfg("temporal", temporal_max_context=1)
+    seen = set()
+    for key in range(40):
+        (ctx, tgt), = sample_masks(cfg, TINY, seed=2, epoch=0, index=key)
+        steps = np.unique(ctx // TINY.per_frame)
+        assert len(steps) == 1 and steps[0] in (0, TINY.t - 1)  # one tubelet at either end
+        seen.add(int(steps[0]))
+    assert seen == {0, TINY.t - 1}
+    with pytest.raises(ValueError, match="temporal_max_context"):
+        _cfg("temporal", temporal_max_context=-1)

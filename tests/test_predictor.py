@@ -166,6 +166,18 @@ def test_weight_decay_split_exempts_mask_token() -> None:
     assert id(pred.proj.weight) not in no_decay_ids
 
 
+def test_without_context_positions_only_the_context_contents_locate_it() -> None:
+    """ctx_pos=False: moving a context token to another grid position (same content) leaves
+    the prediction unchanged; with the table it changes it."""
+    ctx = torch.randn(1, 2, IN_DIM, generator=torch.Generator().manual_seed(0))
+    tgt = torch.tensor([[5, 7]])
+    for ctx_pos, same in ((False, True), (True, False)):
+        pred = tiny_predictor(ctx_pos=ctx_pos)
+        with torch.no_grad():
+            a = pred(ctx, torch.tensor([[0, 1]]), tgt)
+            b = pred(ctx, torch.tensor([[2, 3]]), tgt)
+        assert torch.allclose(a, b) == same, f"ctx_pos={ctx_pos}"
+    assert tiny_predictor(ctx_pos=False).state_dict().keys() == tiny_predictor().state_dict().keys()
 # The state-dict layout of checkpoints written before the predictor and the pixel decoder
 # shared their body (models/target_head.py): it must not change, or old runs stop loading.
 BLOCK_KEYS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",

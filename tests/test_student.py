@@ -245,3 +245,20 @@ def test_split_weight_decay_exempts_biases_and_norms() -> None:
     assert id(model.norm.weight) in no_decay_ids
     assert id(model.blocks[0].attn.qkv.bias) in no_decay_ids
     assert id(model.patch_embed.bias) in no_decay_ids
+
+
+def test_pos_gain_starts_as_the_plain_student_and_learns() -> None:
+    plain, gained = tiny_student(), tiny_student(pos_gain=True)
+    x = video()
+    gained.load_state_dict({**plain.state_dict(), "pos_scale": torch.ones(1)})
+    torch.testing.assert_close(gained(x), plain(x))  # gain 1 at init: the same network
+    assert "pos_scale" not in plain.state_dict() and gained.pos_scale is not None
+    gained.train()
+    gained(x).pow(2).mean().backward()
+    assert gained.pos_scale.grad is not None and gained.pos_scale.grad.abs().item() > 0
+    with torch.no_grad():
+        gained.pos_scale.fill_(3.0)
+    tokens = gained.embed(x) - plain.embed(x)
+    torch.testing.assert_close(tokens, 2.0 * plain.pos_embed.expand_as(tokens))
+    decay, no_decay = split_weight_decay([gained])
+    assert any(p is gained.pos_scale for p in no_decay)  # a gain is not weight-decayed

@@ -330,3 +330,49 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert few.exit_code == 1, few.output
     assert "leaves validation and test empty" in few.output and "--videos 25" in few.output
     assert not (tmp_path / "few").exists()
+
+
+# --- lighting / colour nuisance (issue 13, (a)) ---------------------------------------------
+
+LIT = replace(CLEAN, lighting=0.3, colour_jitter=0.15)
+
+
+@pytest.mark.parametrize("pair", range(2))
+def test_lighting_is_the_same_per_frame_nuisance_for_both_classes_of_a_pair(pair: int) -> None:
+    """A clip of the reversed class is its partner's scene reversed under the SAME per-frame
+    gains: the nuisance depends on (seed, video, frame), never on the class or the scene."""
+    from salt_vla.data.synth import light_fields
+
+    a, b = 2 * pair, 2 * pair + 1
+    for index in range(2):
+        gains = light_fields(LIT, index)
+        assert gains is not None and gains.shape == (LIT.frames, LIT.height, LIT.width, 3)
+        clean_a, _ = render_video(CLEAN, index, a)
+        lit_b, _ = render_video(LIT, index, b)
+        # b's scene is a's reversed; each frame i gets gains[i] (before uint8 rounding)
+        want = np.clip(clean_a[::-1].astype(np.float32) * gains, 0, 255)
+        assert np.abs(lit_b.astype(np.float32) - want).max() <= 1.5
+        lit_a, _ = render_video(LIT, index, a)
+        assert np.abs(lit_a.astype(np.float32) - np.clip(clean_a * gains, 0, 255)).max() <= 1.5
+        assert np.array_equal(light_fields(LIT, index), gains)  # deterministic per seed
+    assert not np.array_equal(light_fields(LIT, 0), light_fields(replace(LIT, seed=4), 0))
+
+
+def test_lighting_is_stationary_and_off_by_default() -> None:
+    """Every frame's gains come from one law: no time step is brighter, darker or noisier
+    on average (so no ramp tells the direction of time), and the frames are independent."""
+    from salt_vla.data.synth import light_fields
+
+    cfg = replace(LIT, frames=8, height=16, width=16)
+    g = np.stack([light_fields(cfg, i) for i in range(400)])  # [videos, T, H, W, 3]
+    per_frame_mean = g.mean(axis=(0, 2, 3, 4))
+    per_frame_spread = g.std(axis=(2, 3, 4)).mean(axis=0)
+    assert np.ptp(per_frame_mean) < 0.02 and np.ptp(per_frame_spread) < 0.02
+    lag1 = np.corrcoef(g[:, :-1].mean(axis=(2, 3, 4)).ravel(),
+                       g[:, 1:].mean(axis=(2, 3, 4)).ravel())[0, 1]
+    assert abs(lag1) < 0.1, f"consecutive frames' gains correlate ({lag1:.2f})"
+    assert light_fields(CLEAN, 0) is None
+    assert "lighting" not in CLEAN.to_dict() and LIT.to_dict()["lighting"] == 0.3
+    assert SynthConfig.from_dict(LIT.to_dict()) == LIT
+    with pytest.raises(SynthError, match="lighting"):
+        replace(CLEAN, lighting=0.9)

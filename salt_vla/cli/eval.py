@@ -60,6 +60,14 @@ def eval_probe(
         help="attentive (V-JEPA: one cross-attention block) or attentive4 (V-JEPA 2: three "
         "self-attention blocks over the tokens, then the cross-attention block).",
     ),
+    positions: str = typer.Option(
+        "none",
+        "--positions",
+        help="none (V-JEPA's protocol, comparable with published numbers): the frozen tokens "
+        "as they are; fixed: add the encoder grid's 3-D sin-cos table, scaled to the tokens' "
+        "RMS, before pooling; learned: add a trained table. A position-aware probe reads "
+        "where things are from tokens that dropped absolute position (docs/demo.md).",
+    ),
     epochs: int = typer.Option(
         20,
         "--epochs",
@@ -120,7 +128,7 @@ def eval_probe(
     from salt_vla.eval.probe_run import ProbeJob, run_probe
     from salt_vla.paths import resolve_data_root
 
-    cfg = ProbeConfig(kind=probe, epochs=epochs, batch_size=batch_size, lr=lr,
+    cfg = ProbeConfig(kind=probe, positions=positions, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed)
     root = resolve_data_root(data)
     show_resolved("data root", root)

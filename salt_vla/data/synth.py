@@ -46,6 +46,8 @@ TEST_ANSWERS = "test-answers.csv"
 _PLAN_STREAM = 0x504C414E
 _SCENE_STREAM = 0x5343454E
 _CAMERA_STREAM = 0x43414D45
+_LIGHT_STREAM = 0x4C494748  # lighting / colour nuisance: its own stream, so configs without
+# it draw exactly what they drew before it existed
 
 
 class SynthError(SaltError, ValueError):
@@ -99,6 +101,9 @@ def fill_template(template: str, placeholders: Sequence[str]) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
+OPTIONAL_KEYS = ("lighting", "colour_jitter")  # serialised only when set (SynthConfig.to_dict)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that determines a synthetic dataset; saved as ``synth.json`` next to it.
@@ -109,6 +114,12 @@ class SynthConfig:
     ``background`` scales the contrast of the background texture (1: full value-noise
     texture, 0: one flat colour per video); it changes how much of a clip's variance is static
     scenery rather than motion, never what a single frame says about the class.
+    ``lighting``: std of a smooth multiplicative light field (coarse value noise over the
+    frame) drawn afresh for every frame; ``colour_jitter``: std of a per-frame gain per
+    colour channel. Both are unpredictable frame to frame, independent of the class and
+    identically distributed at every time step (stationary), so they hide nothing about the
+    direction of time and reveal nothing in a single frame; a model of pixels must carry
+    them, a model of what persists between frames may drop them (issue 13, (a)).
     """
 
     videos: int = 200
@@ -125,6 +136,8 @@ class SynthConfig:
     flicker: float = 0.02
     background: float = 1.0
     crf: int = 20
+    lighting: float = 0.0
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         # Frozen: normalise sequences (e.g. lists from JSON) through object.__setattr__.
@@ -159,6 +172,9 @@ class SynthConfig:
             raise SynthError(f"distractors={lo_hi}: need (min, max) with 0 <= min <= max")
         if self.noise < 0 or self.jitter < 0 or self.flicker < 0:
             raise SynthError("noise, jitter and flicker must be >= 0")
+        if not 0.0 <= self.lighting <= 0.5 or not 0.0 <= self.colour_jitter <= 0.5:
+            raise SynthError(f"lighting={self.lighting}, colour_jitter={self.colour_jitter}: "
+                             "each is a gain std in [0, 0.5]")
         if not 0.0 <= self.background <= 1.0:
             raise SynthError(f"background={self.background}: texture contrast is 0..1")
         if not 0 <= self.crf <= 63:
@@ -170,16 +186,22 @@ class SynthConfig:
         return ACTIONS[: self.classes]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``SynthConfig.from_dict`` inverts it."""
+        """JSON-ready dict; ``SynthConfig.from_dict`` inverts it. Keys added after the first
+        datasets were written (``OPTIONAL_KEYS``) appear only when they are not 0, so the
+        manifest of an existing dataset still equals its config's dict and is reused."""
         d = asdict(self)
         d["splits"] = list(self.splits)
         d["distractors"] = list(self.distractors)
+        for key in OPTIONAL_KEYS:
+            if d[key] == 0.0:
+                del d[key]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SynthConfig:
         """Config from ``to_dict`` output (e.g. the ``config`` of a ``synth.json``)."""
         return cls(**d)
+
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -654,6 +676,32 @@ def _scene(cfg: SynthConfig, index: int, class_index: int) -> _Scene:
     return _Scene(bg, m, sprites, len(mains))
 
 
+def light_fields(cfg: SynthConfig, index: int) -> np.ndarray | None:
+    """Per-frame multiplicative gains ``[T, H, W, 3]`` float32 of the lighting and colour
+    nuisance of video ``index`` (None when both are 0).
+
+    A function of (seed, index) only, never of the class, with every frame drawn
+    independently from the same law: frame ``i`` of a clip and of its time-reversed partner
+    get the same gains, and no time step differs in distribution from another.
+    """
+    if cfg.lighting <= 0 and cfg.colour_jitter <= 0:
+        return None
+    t, h, w = cfg.frames, cfg.height, cfg.width
+    rng = _video_rng(cfg.seed, index, _LIGHT_STREAM)
+    out = np.ones((t, h, w, 3), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cells = 2  # a 3x3 grid of knots: light varies smoothly over the frame
+    for i in range(t):
+        if cfg.lighting > 0:
+            grid = rng.standard_normal((cells + 2, cells + 2)).astype(np.float32)
+            field = _smooth_grid(grid, yy / h * cells, xx / w * cells)
+            out[i] *= np.clip(1.0 + cfg.lighting * field, 0.3, 1.7)[..., None]
+        if cfg.colour_jitter > 0:
+            c = rng.standard_normal(3).astype(np.float32)
+            out[i] *= np.clip(1.0 + cfg.colour_jitter * c, 0.3, 1.7)
+    return out
+
+
 def render_video(cfg: SynthConfig, index: int, class_index: int) -> tuple[np.ndarray, list[str]]:
     """Render video ``index`` of class ``class_index``: uint8 ``[T, H, W, 3]`` and placeholders.
 
@@ -676,6 +724,7 @@ def render_video(cfg: SynthConfig, index: int, class_index: int) -> tuple[np.nda
         j = cfg.jitter * (0.6 * np.sin(2 * np.pi * f * out_tau + ph) + 0.4 * cam.standard_normal(t))
         shake.append(np.clip(np.round(j), -m, m).astype(int))
     gain = 255.0 * (1.0 + np.clip(cfg.flicker * cam.standard_normal(t), -0.1, 0.1))
+    light = light_fields(cfg, index)
 
     frames = np.empty((t, h, w, 3), np.uint8)
     for i in range(t):
@@ -692,6 +741,8 @@ def render_video(cfg: SynthConfig, index: int, class_index: int) -> tuple[np.nda
             )
         oy, ox = m + shake[0][i], m + shake[1][i]
         img = canvas[oy : oy + h, ox : ox + w] * np.float32(gain[i])
+        if light is not None:
+            img *= light[i]
         if cfg.noise > 0:
             img += cam.standard_normal((h, w, 3), dtype=np.float32) * np.float32(cfg.noise)
         img += 0.5

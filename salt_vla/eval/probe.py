@@ -6,10 +6,23 @@ a linear layer classifies the pooled vector. That is V-JEPA's ``attentive`` prob
 ``attentive4`` variant is V-JEPA 2's: three self-attention blocks over the tokens first, then
 the same cross-attention block (4 blocks in all), then the linear layer.
 
-Training: AdamW (no weight decay on biases, norms and the query), linear warmup then cosine
-decay to zero, cross-entropy, on features computed once (``features.py``). Reported: top-1 and
-top-5 accuracy on the validation features after the last epoch (never the best epoch: picking
-it on the validation split would overstate the encoder).
+Positions (``ProbeConfig.positions``): ``none`` (V-JEPA's protocol, the default) pools the
+tokens as they are, so the probe is invariant to any permutation of a clip's tokens and can
+only read what the token *contents* say. Trained encoders may drop absolute position from
+their output tokens (their decoders and predictors add positions back), and then a
+position-free probe cannot tell "object at the left at t=0, at the right at t=3" from its
+time reversal. ``fixed`` adds the encoder grid's 3-D sin-cos table
+(:func:`salt_vla.models.posembed.sincos_pos_embed_3d`), scaled so its RMS equals the training
+features' RMS (one scalar per encoder: a table at its raw +-1 scale would be noise next to
+tokens of norm ~100, or drown tokens of norm ~1); ``learned`` adds a learned
+``[N, D]`` table (trunc-normal 0.02 init, no weight decay). Both are added to the frozen
+tokens before the first probe block, the same recipe for every encoder.
+
+Training: AdamW (no weight decay on biases, norms, the query and a learned position table),
+linear warmup then cosine decay to zero, cross-entropy, on features computed once
+(``features.py``). Reported: top-1 and top-5 accuracy on the validation features after the
+last epoch (never the best epoch: picking it on the validation split would overstate the
+encoder).
 """
 
 from __future__ import annotations
@@ -27,10 +40,16 @@ from timm.layers import Mlp
 from torch import nn
 
 from salt_vla.errors import ConfigError, nonfinite_fields
-from salt_vla.models.student import LayerNorm, make_blocks
+from salt_vla.models.grid import TokenGrid
+from salt_vla.models.posembed import sincos_pos_embed_3d
+from salt_vla.models.student import LayerNorm, init_vit_weights, make_blocks
 
 # probe kind -> number of blocks (the last one is the cross-attention pooling block)
 PROBE_KINDS: dict[str, int] = {"attentive": 1, "attentive4": 4}
+# what the probe adds to the frozen tokens before pooling (module doc)
+PROBE_POSITIONS: tuple[str, ...] = ("none", "fixed", "learned")
+# clips whose features set the ``fixed`` table's scale: enough for a stable RMS, bounded cost
+RMS_CLIPS = 1024
 
 
 @dataclass(frozen=True)
@@ -46,15 +65,25 @@ class ProbeConfig:
     heads: int = 16  # at most; reduced to the largest divisor of the feature width
     mlp_ratio: float = 4.0
     seed: int = 0
+    positions: str = "none"  # none | fixed | learned (module doc)
+    # score the validation split every N epochs for the history (0: only after the last
+    # epoch; the reported top-1 is always the last epoch's). Each pass costs a forward over
+    # the whole split, a sizeable share of a small probe's time on a CPU.
+    val_every: int = 1
 
     def __post_init__(self) -> None:
         if bad := nonfinite_fields(self):  # NaN passes every range check below
             raise ConfigError(f"probe {', '.join(bad)}: must be a finite number")
         if self.kind not in PROBE_KINDS:
             raise ConfigError(f"probe kind {self.kind!r}: choose one of {', '.join(PROBE_KINDS)}")
+        if self.positions not in PROBE_POSITIONS:
+            raise ConfigError(f"probe positions {self.positions!r}: choose one of "
+                             f"{', '.join(PROBE_POSITIONS)}")
         for name in ("epochs", "batch_size", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+        if self.val_every < 0:
+            raise ConfigError(f"probe val_every must be >= 0, got {self.val_every}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ConfigError("probe lr must be > 0, weight_decay and warmup_epochs >= 0")
 
@@ -102,35 +131,84 @@ class CrossAttentionBlock(nn.Module):
         return q + self.mlp(self.norm2(q))
 
 
-class AttentiveProbe(nn.Module):
-    """Token features ``[B, N, D]`` -> class logits ``[B, num_classes]`` (see module doc)."""
+def as_grid(grid: TokenGrid | tuple[int, int, int] | None) -> TokenGrid | None:
+    """A ``TokenGrid`` from a grid or a ``(t, h, w)`` tuple (None stays None)."""
+    if grid is None or isinstance(grid, TokenGrid):
+        return grid
+    t, h, w = (int(v) for v in grid)
+    return TokenGrid(t, h, w)
 
-    def __init__(self, dim: int, num_classes: int, cfg: ProbeConfig) -> None:
+
+def feature_rms(x: np.ndarray, clips: int = RMS_CLIPS) -> float:
+    """Root mean square of the features ``[n, N, D]`` of the first ``clips`` clips (float64
+    accumulation: float16 features of norm ~100 overflow a float16 sum of squares). A
+    streaming source (``batches``) is read for those clips only."""
+    n = max(1, min(clips, x.shape[0]))
+    if hasattr(x, "batches"):
+        xb, _ = next(iter(x.batches(np.arange(n), n, torch.device("cpu"))))
+        sub = xb.double().numpy()
+    else:
+        sub = np.asarray(x[:n], dtype=np.float64)
+    return float(np.sqrt(np.mean(sub * sub)))
+
+
+class AttentiveProbe(nn.Module):
+    """Token features ``[B, N, D]`` -> class logits ``[B, num_classes]`` (see module doc).
+
+    ``grid``: the encoder's token grid (``grid.num_tokens == N``, time-major order), needed
+    when ``cfg.positions`` is not ``none``. ``rms``: the features' RMS, the target RMS of
+    the ``fixed`` table (see :func:`feature_rms`).
+    """
+
+    def __init__(self, dim: int, num_classes: int, cfg: ProbeConfig,
+                 grid: TokenGrid | tuple[int, int, int] | None = None, rms: float = 1.0) -> None:
         super().__init__()
         heads = probe_heads(dim, cfg.heads)
         self.heads = heads
+        self.positions = cfg.positions
+        grid = as_grid(grid)
+        if cfg.positions != "none" and grid is None:
+            raise ValueError(f"probe positions={cfg.positions!r} needs the encoder's token grid "
+                             "(pass grid=TokenGrid or (t, h, w))")
+        self.grid = grid
         self.blocks = make_blocks(dim, cfg.depth - 1, heads, cfg.mlp_ratio, True, 0.0)
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.pool = CrossAttentionBlock(dim, heads, cfg.mlp_ratio)
         self.head = nn.Linear(dim, num_classes)
-        self.apply(_init_weights)
+        # The student's init (timm ViT: trunc-normal 0.02 linears, zero biases, unit norms),
+        # not a copy of it: probe and encoder blocks start the same way by construction.
+        self.apply(init_vit_weights)
         nn.init.trunc_normal_(self.query, std=0.02)
+        # Drawn after everything else, so positions="none" consumes the RNG exactly as before.
+        self.pos_embed: nn.Parameter | None = None
+        if cfg.positions == "fixed":
+            assert grid is not None
+            table = sincos_pos_embed_3d(dim, grid)
+            scale = rms / max(float(table.pow(2).mean().sqrt()), 1e-12)
+            self.register_buffer("pos_table", (table * scale)[None])
+        elif cfg.positions == "learned":
+            assert grid is not None
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid.num_tokens, dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + table`` for ``[B, N, D]`` tokens (unchanged when positions are ``none``)."""
+        table = self.pos_embed if self.pos_embed is not None else getattr(self, "pos_table",
+                                                                          None)
+        if table is None:
+            return x
+        if x.shape[1] != table.shape[1]:
+            raise ValueError(f"features have {x.shape[1]} tokens but the probe's grid "
+                             f"{self.grid.as_tuple() if self.grid else None} has "
+                             f"{table.shape[1]}")
+        return x + table.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.add_positions(x)
         for block in self.blocks:
             x = block(x)
         q = self.pool(self.query.expand(x.shape[0], -1, -1), x)
         return self.head(q[:, 0])
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -162,6 +240,8 @@ class ProbeResult:
     params: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    positions: str = "none"
+    feature_rms: float | None = None  # the scale of the ``fixed`` table (None otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,6 +282,7 @@ def train_probe(
     cfg: ProbeConfig,
     device: str | torch.device = "cpu",
     progress: Callable[[dict[str, float]], None] | None = None,
+    grid: TokenGrid | tuple[int, int, int] | None = None,
 ) -> ProbeResult:
     """Train an attentive probe on ``train_x`` ``[n, N, D]`` (any float dtype, may be a memory
     map) with labels ``train_y`` ``[n]``; report top-1/top-5 on ``val_x``/``val_y``.
@@ -209,7 +290,10 @@ def train_probe(
     ``batches(order, size, device)``, e.g. :class:`~salt_vla.eval.features.StreamedFeatures`),
     which make each batch on demand; their labels are still passed as ``train_y`` / ``val_y``.
 
-    ``progress(record)`` after each epoch with its mean loss, train and val top-1.
+    ``grid``: the encoder's token grid (``TokenGrid`` or ``(t, h, w)``, ``N`` tokens in
+    time-major order); required when ``cfg.positions`` is ``fixed`` or ``learned``.
+    ``progress(record)`` after each epoch with its mean loss, train top-1 and (every
+    ``cfg.val_every`` epochs) val top-1.
     """
     device = torch.device(device)
     train_y = np.asarray(train_y, dtype=np.int64)
@@ -223,12 +307,22 @@ def train_probe(
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(f"{name} labels must be in [0, {num_classes}), got "
                              f"[{y.min()}, {y.max()}]")
+    grid = as_grid(grid)
+    if cfg.positions != "none":
+        if grid is None:
+            raise ValueError(f"probe positions={cfg.positions!r} needs the encoder's token grid")
+        if grid.num_tokens != train_x.shape[1]:
+            raise ValueError(f"grid {grid.as_tuple()} has {grid.num_tokens} tokens but the "
+                             f"features have {train_x.shape[1]}")
     t0 = time.perf_counter()
+    rms = feature_rms(train_x) if cfg.positions == "fixed" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        probe = AttentiveProbe(train_x.shape[-1], num_classes, cfg).to(device)
-    decay = [p for n, p in probe.named_parameters() if p.ndim > 1 and n != "query"]
-    no_decay = [p for n, p in probe.named_parameters() if p.ndim <= 1 or n == "query"]
+        probe = AttentiveProbe(train_x.shape[-1], num_classes, cfg, grid,
+                               rms if rms is not None else 1.0).to(device)
+    exempt = {"query", "pos_embed"}  # no decay: they are embeddings, not weights
+    decay = [p for n, p in probe.named_parameters() if p.ndim > 1 and n not in exempt]
+    no_decay = [p for n, p in probe.named_parameters() if p.ndim <= 1 or n in exempt]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
@@ -257,9 +351,9 @@ def train_probe(
             loss_sum += float(loss.detach()) * len(yb)
             correct += topk_correct(logits.detach().float(), yb, 1)
             seen += len(yb)
-        val_top1, _ = evaluate_probe(probe, val_x, val_y, cfg.batch_size, device)
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
-                  "val_top1": val_top1}
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen}
+        if cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+            record["val_top1"], _ = evaluate_probe(probe, val_x, val_y, cfg.batch_size, device)
         history.append(record)
         if progress:
             progress(record)
@@ -268,5 +362,5 @@ def train_probe(
         top1=top1, top5=top5, top5_k=min(5, num_classes), val_clips=len(val_y),
         train_clips=len(train_y), num_classes=num_classes, heads=probe.heads,
         params=sum(p.numel() for p in probe.parameters()), seconds=time.perf_counter() - t0,
-        history=history,
+        history=history, positions=cfg.positions, feature_rms=rms,
     )

@@ -81,10 +81,12 @@ class ProbeOutcome:
         return float(self.record["top1"])
 
 
-def default_probe_out(encoder: str, kind: str) -> Path:
+def default_probe_out(encoder: str, kind: str, positions: str = "none") -> Path:
     """RUN_DIR/probe.json for a run (probe-attentive4.json for that probe, probe-teacher.json
-    for its teacher); else ./probe-<encoder>.json."""
-    suffix = "" if kind == "attentive" else f"-{kind}"
+    for its teacher, ``-pos-fixed`` / ``-pos-learned`` appended for a position-aware probe);
+    else ./probe-<encoder>.json."""
+    suffix = ("" if kind == "attentive" else f"-{kind}") + (
+        "" if positions == "none" else f"-pos-{positions}")
     target = encoder.split(":", 1)[1] if encoder.startswith("teacher:") else encoder
     path = Path(target).expanduser()
     if not encoder.startswith("random:") and path.exists():
@@ -118,6 +120,32 @@ def _reusable(path: Path, key: str, cfg: ProbeConfig, data: Path) -> dict[str, A
     return None
 
 
+def reusable_result(job: ProbeJob, out: Path) -> ProbeOutcome | None:
+    """The record in ``out`` when it is one of ``job`` (same encoder identity + view, probe
+    recipe and data), else None: what ``run_probe(job, out, reuse=True)`` would return
+    without probing."""
+    from salt_vla.distributed import pick_device
+    from salt_vla.eval.encoders import resolve_encoder
+
+    enc = resolve_encoder(job.encoder, job.view, pick_device(job.device), job.teacher_arch)
+    data = Path(job.data).expanduser().resolve()
+    old = _reusable(Path(out).expanduser(), enc.key(), job.probe, data)
+    return ProbeOutcome(old, Path(out), True) if old is not None else None
+
+
+def prepare_features(job: ProbeJob, echo: Callable[[str], None] = print) -> None:
+    """Compute ``job``'s features into its ``feature_cache`` and nothing else, so that
+    several probes of one encoder (other recipes, other positions) can then run at the same
+    time, each reading them back instead of computing them again."""
+    from salt_vla.distributed import pick_device
+    from salt_vla.eval.encoders import resolve_encoder
+
+    if job.feature_cache is None:
+        raise ProbeRunError("prepare_features needs a feature_cache (where the features go)")
+    enc = resolve_encoder(job.encoder, job.view, pick_device(job.device), job.teacher_arch)
+    _features(job, enc, Path(job.data).expanduser().resolve(), echo)
+
+
 def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None] = print,
               reuse: bool = False) -> ProbeOutcome:
     """Run ``job`` and write its record to ``out`` (default: :func:`default_probe_out`).
@@ -134,7 +162,7 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
     dev = pick_device(job.device)
     data = Path(job.data).expanduser().resolve()
     enc = resolve_encoder(job.encoder, job.view, dev, job.teacher_arch)
-    path = Path(out or default_probe_out(job.encoder, cfg.kind)).expanduser()
+    path = Path(out or default_probe_out(job.encoder, cfg.kind, cfg.positions)).expanduser()
     if reuse and (old := _reusable(path, enc.key(), cfg, data)) is not None:
         echo(f"  reused {path} (top-1 {100 * old['top1']:.1f}%)")
         return ProbeOutcome(old, path, True)
@@ -149,14 +177,15 @@ def run_probe(job: ProbeJob, out: Path | None = None, echo: Callable[[str], None
         raise ProbeRunError(f"splits {job.train_split!r} and {job.val_split!r} of {data} have "
                             "different class lists; probe on splits of one dataset")
     echo(f"probe: {cfg.kind}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, wd "
-         f"{cfg.weight_decay}, seed {cfg.seed}")
+         f"{cfg.weight_decay}, seed {cfg.seed}, positions {cfg.positions}")
 
     def epoch_line(r: dict[str, float]) -> None:
+        val = f"  val top-1 {100 * r['val_top1']:5.1f}%" if "val_top1" in r else ""
         echo(f"  epoch {r['epoch']:3d}  loss {r['loss']:.4f}  train top-1 "
-             f"{100 * r['train_top1']:5.1f}%  val top-1 {100 * r['val_top1']:5.1f}%")
+             f"{100 * r['train_top1']:5.1f}%{val}")
 
     res = train_probe(tr.features, tr.labels, va.features, va.labels, tr.num_classes, cfg,
-                      dev, progress=epoch_line)
+                      dev, progress=epoch_line, grid=enc.grid)
     for fs in (tr, va):
         fs.settle()
     res.train_clips, res.val_clips = len(tr), len(va)  # a stream learns its failures late

@@ -11,6 +11,12 @@ Strategies:
   ``ratio``; the last block is cut to land on it.
 - ``tube``: ``ratio`` of the spatial positions, chosen at random, masked at every time step.
 - ``random``: ``ratio`` of all tokens, chosen at random.
+- ``temporal``: one group whose context is the first ``k`` time steps and whose target is all
+  later ones, or (``temporal_direction="both"``) the mirror image; ``k`` and the direction
+  are drawn per batch (``masking/temporal.py``). ``ratio`` is not used.
+
+``temporal_group=True`` appends one such temporal group to any strategy's groups (e.g. the
+two multiblock groups plus a predict-the-future group on the same clip).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import Any
 
 from salt_vla.errors import ConfigError
 
-STRATEGIES = ("multiblock", "ratio", "tube", "random")
+STRATEGIES = ("multiblock", "ratio", "tube", "random", "temporal")
 TRUNCATIONS = ("tail", "random")
+TEMPORAL_DIRECTIONS = ("both", "forward")
 
 
 def _check_range(name: str, rng: tuple[float, float], lo: float, hi: float) -> None:
@@ -80,6 +87,9 @@ class MaskConfig:
     subset spread over the clip. Both keep the kept indices sorted.
     ``min_context``: a multiblock sample whose context would have fewer tokens is redrawn
     (V-JEPA redraws empty contexts), at most ``max_tries`` times before a clear error.
+    ``temporal_group`` appends a temporal-split group (module docstring) after the
+    strategy's own; ``temporal_direction`` (``both`` | ``forward``) is used by it and by the
+    ``temporal`` strategy.
     """
 
     strategy: str = "multiblock"
@@ -89,6 +99,9 @@ class MaskConfig:
     truncate: str = "tail"
     min_context: int = 1
     max_tries: int = 1000
+    temporal_group: bool = False
+    temporal_direction: str = "both"
+    temporal_max_context: int = 0  # most context time steps of a temporal split (0: T-1)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -101,6 +114,14 @@ class MaskConfig:
             raise ConfigError(f"min_context={self.min_context}: must be >= 1")
         if self.max_tries < 1:
             raise ConfigError(f"max_tries={self.max_tries}: must be >= 1")
+        if self.temporal_direction not in TEMPORAL_DIRECTIONS:
+            raise ConfigError(f"temporal_direction={self.temporal_direction!r}: choose one of "
+                             f"{TEMPORAL_DIRECTIONS}")
+        if self.temporal_max_context < 0:
+            raise ConfigError(f"temporal_max_context={self.temporal_max_context}: must be >= 0")
+        if self.strategy == "temporal" and self.temporal_group:
+            raise ConfigError("strategy='temporal' is already one temporal group: leave "
+                             "temporal_group off")
         groups = tuple(g if isinstance(g, BlockGroup) else BlockGroup(**g) for g in self.groups)
         object.__setattr__(self, "groups", groups)
         if not isinstance(self.ratio_block, BlockGroup):
@@ -118,9 +139,14 @@ class MaskConfig:
             )
 
     @property
+    def num_base_groups(self) -> int:
+        """Groups of the strategy itself (without the appended temporal group)."""
+        return len(self.groups) if self.strategy == "multiblock" else 1
+
+    @property
     def num_groups(self) -> int:
         """Number of (context, target) pairs per clip."""
-        return len(self.groups) if self.strategy == "multiblock" else 1
+        return self.num_base_groups + int(self.temporal_group)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for experiment files and checkpoints)."""

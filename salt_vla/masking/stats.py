@@ -16,6 +16,7 @@ from salt_vla.errors import ConfigError
 from salt_vla.masking.blocks import GroupMask
 from salt_vla.masking.config import MaskConfig
 from salt_vla.masking.sampling import batch_block_sizes, sample_group_masks
+from salt_vla.masking.temporal import TemporalSplit
 from salt_vla.models.grid import TokenGrid
 
 
@@ -70,8 +71,10 @@ def mask_statistics(
             sample_group_masks(cfg, grid, sizes, seed, epoch, i) for i in indices
         ]
         for g, acc in enumerate(groups):
-            if sizes[g] is not None:
-                s = sizes[g]
+            s = sizes[g]
+            if isinstance(s, TemporalSplit):
+                acc["sizes"].append(s.label())
+            elif s is not None:
                 acc["sizes"].append(f"{s.t}x{s.h}x{s.w}")
             tgt = np.array([int(m[g].target.sum()) for m in masks])
             ctx = grid.num_tokens - tgt

@@ -22,7 +22,13 @@ from salt_vla.models.target_head import TargetHead
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Predictor architecture: ``in_dim`` = student width, ``out_dim`` = teacher width."""
+    """Predictor architecture: ``in_dim`` = student width, ``out_dim`` = teacher width.
+
+    ``ctx_pos``: add the position table to the context tokens (V-JEPA's predictor does).
+    Off, the predictor knows where its targets are but learns where the context tokens are
+    only from what the student writes into them, so the student must keep position (and
+    with it, order in time) in its output tokens instead of dropping it (issue 13, (f)).
+    """
 
     in_dim: int
     out_dim: int
@@ -37,6 +43,7 @@ class PredictorConfig:
     tubelet: int = 2
     patch: int = 16
     grad_checkpointing: bool = False
+    ctx_pos: bool = True
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -88,7 +95,9 @@ class Predictor(TargetHead):
         """
         n_ctx = ctx_tokens.shape[1]
         # No casts: under autocast the fp32 table keeps the residual stream in fp32.
-        x = self.embed_context(ctx_tokens, ctx_idx, tgt_idx) + self.pos_embed[ctx_idx]
+        x = self.embed_context(ctx_tokens, ctx_idx, tgt_idx)
+        if self.cfg.ctx_pos:
+            x = x + self.pos_embed[ctx_idx]
         m = self.mask_token + self.pos_embed[tgt_idx]
         z = self.run_blocks(torch.cat([x, m], dim=1))  # [B, Nc + Nt, width]
         return self.project(z[:, n_ctx:])

@@ -36,7 +36,14 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """Student architecture. ``embed_dim``/``depth``/``heads`` override the ``size`` preset."""
+    """Student architecture. ``embed_dim``/``depth``/``heads`` override the ``size`` preset.
+
+    ``pos_gain``: multiply the fixed position table by a learned scalar (initialised to 1,
+    so the network starts exactly as without it). Why: training grows the tubelet
+    embeddings ~20x on the demo while the table stays at +-1, so behind the pre-norm blocks
+    a token keeps 1-4% position and can hardly tell its time step; a gain lets training
+    scale positions with the embeddings instead.
+    """
 
     size: str = "base"
     num_frames: int = 16
@@ -50,6 +57,7 @@ class StudentConfig:
     embed_dim: int | None = None
     depth: int | None = None
     heads: int | None = None
+    pos_gain: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in STUDENT_SIZES:
@@ -179,6 +187,8 @@ class Student(nn.Module):
         )
         # Not persistent: a pure function of (dim, grid), recomputed on construction.
         self.register_buffer("pos_embed", sincos_pos_embed_3d(dim, self._grid), persistent=False)
+        # Created only when asked for, so checkpoints without it load unchanged.
+        self.pos_scale = nn.Parameter(torch.ones(1)) if cfg.pos_gain else None
         self.blocks = make_blocks(dim, depth, heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_path)
         self.norm = LayerNorm(dim)
         self.grad_checkpointing = cfg.grad_checkpointing
@@ -213,6 +223,8 @@ class Student(nn.Module):
         # [B, D, t, h, w] flattened over (t, h, w) is exactly the time-major token order.
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         # No cast: under autocast the fp32 table keeps the residual stream in fp32.
+        if self.pos_scale is not None:
+            return tokens + self.pos_scale * self.pos_embed
         return tokens + self.pos_embed
 
     def forward(self, x: torch.Tensor, ctx_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,10 +8,11 @@ the student and predictor come from stage 2's :class:`TrainConfig`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from salt_vla.errors import ConfigError
-from salt_vla.masking.config import MaskConfig
+from salt_vla.masking.config import VJEPA_GROUPS, MaskConfig
 from salt_vla.models.grid import TokenGrid, token_grid
 from salt_vla.models.predictor import Predictor, PredictorConfig
 from salt_vla.models.student import Student, StudentConfig
@@ -65,6 +66,7 @@ def student_config(cfg: TrainConfig, num_frames: int, img_size: int) -> StudentC
         embed_dim=cfg.student_dim,
         depth=cfg.student_depth,
         heads=cfg.student_heads,
+        pos_gain=cfg.student_pos_gain,
     )
 
 
@@ -75,6 +77,7 @@ def predictor_config(cfg: TrainConfig, student: StudentConfig) -> PredictorConfi
         width=cfg.predictor_width,
         depth=cfg.predictor_depth,
         heads=cfg.predictor_heads,
+        ctx_pos=cfg.predictor_ctx_pos,
         drop_path=cfg.drop_path,
         grad_checkpointing=cfg.grad_checkpointing,
     )
@@ -90,14 +93,27 @@ def build_model(cfg: TrainConfig, num_frames: int, img_size: int) -> SaltModel:
         p_cfg = predictor_config(cfg, s_cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    return SaltModel(Student(s_cfg), Predictor(p_cfg), loss=cfg.loss)
+    return SaltModel(Student(s_cfg), Predictor(p_cfg), loss=cfg.loss,
+                     target_center=cfg.target_center)
 
 
 def mask_config(cfg: LoopConfig) -> MaskConfig:
-    """Masks of the config: ``ratio`` (the seed's single group), V-JEPA ``multiblock``, ..."""
+    """Masks of the config: ``ratio`` (the seed's single group), V-JEPA ``multiblock``, ...
+
+    Also used for stage-1 configs (the mask keys are :class:`LoopConfig`'s).
+    ``mask_temporal_scale`` sets the time extent of the multiblock groups' blocks (V-JEPA's
+    (1, 1): every block spans the clip); ``mask_temporal_group`` appends a temporal-split
+    group (``salt_vla/masking/temporal.py``).
+    """
+    scale = tuple(cfg.mask_temporal_scale)
     try:
+        groups = VJEPA_GROUPS if scale == (1.0, 1.0) else tuple(
+            replace(g, temporal_scale=scale) for g in VJEPA_GROUPS)
         return MaskConfig(
-            strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate
+            strategy=cfg.mask_strategy, ratio=cfg.mask_ratio, truncate=cfg.mask_truncate,
+            groups=groups, temporal_group=cfg.mask_temporal_group,
+            temporal_direction=cfg.mask_temporal_direction,
+            temporal_max_context=cfg.mask_temporal_max_context,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e

@@ -28,6 +28,7 @@ class TrainConfig(LoopConfig):
         "student": ("tiny", "small", "base", "large"),
         "targets": ("cached", "online"),
         "teacher_arch": tuple(ARCHS),
+        "target_center": ("none", "clip"),
     }
     POSITIVE: ClassVar[tuple[str, ...]] = LoopConfig.POSITIVE + (
         "predictor_width", "predictor_heads", "teacher_dim",
@@ -45,9 +46,13 @@ class TrainConfig(LoopConfig):
     student_dim: int | None = key(None, "student width; unset: the size preset's")
     student_depth: int | None = key(None, "student blocks; unset: the size preset's")
     student_heads: int | None = key(None, "student attention heads; unset: the size preset's")
+    student_pos_gain: bool = key(False, "multiply the student's position table by a learned "
+                                 "scalar (initialised to 1)")
     predictor_width: int = key(384, "predictor width")
     predictor_depth: int = key(12, "predictor blocks")
     predictor_heads: int = key(12, "predictor attention heads")
+    predictor_ctx_pos: bool = key(True, "add positions to the student's context tokens in "
+                                  "the predictor; off: the tokens must say where they are")
     drop_path: float = key(0.0, "stochastic depth rate of the student and predictor blocks")
     # --- targets (checked against the store before the first step)
     teacher_dim: int = key(768, "width of the teacher's latents (must match the cache)")
@@ -61,6 +66,8 @@ class TrainConfig(LoopConfig):
                              "(negative counts from the end)")
     target_norm: bool = key(True, "online targets: layer-normalise the targets without "
                             "affine (V-JEPA's convention)")
+    target_center: str = key("none", "clip: targets minus each clip's mean token, unit RMS "
+                             "per clip (objective.center_targets); none: as cached")
 
     @classmethod
     def upgrade_dict(cls, d: dict[str, Any]) -> dict[str, Any]:

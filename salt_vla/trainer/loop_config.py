@@ -72,8 +72,9 @@ class LoopConfig:
 
     # String-valued keys that only take a few values.
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "mask_strategy": ("ratio", "multiblock", "tube", "random"),
+        "mask_strategy": ("ratio", "multiblock", "tube", "random", "temporal"),
         "mask_truncate": ("tail", "random"),
+        "mask_temporal_direction": ("both", "forward"),
         "loss": ("mse", "l1"),
         "precision": ("auto", "fp32", "bf16"),
         "device": ("auto", "cpu", "cuda"),
@@ -86,6 +87,7 @@ class LoopConfig:
         "epochs", "max_steps", "stop_at", "warmup_steps", "lr", "min_lr", "weight_decay",
         "weight_decay_end", "grad_clip", "skip_nonfinite", "limit_rows", "num_workers",
         "decode_threads", "seed", "keep_checkpoints", "snapshot_every",
+        "mask_temporal_max_context",
     )
     # What `validated` calls this config in its error ("invalid config: ...").
     KIND: ClassVar[str] = "config"
@@ -110,6 +112,16 @@ class LoopConfig:
     mask_ratio: float = key(0.9, "fraction of tokens masked (ratio, tube and random masks)")
     mask_truncate: str = key("tail", "how a batch's masks are cut to one count: drop the "
                              "tail or random tokens")
+    # temporal-split masks (salt_vla/masking/temporal.py)
+    mask_temporal_group: bool = key(False, "add a group that predicts later time steps from "
+                                    "earlier ones (split drawn per batch)")
+    mask_temporal_direction: str = key("both", "temporal group/strategy: both (either side "
+                                       "may be context) or forward (earlier predicts later)")
+    mask_temporal_max_context: int = key(0, "temporal masks: most context time steps; 0: up "
+                                         "to T-1")
+    mask_temporal_scale: tuple[float, float] = key(
+        (1.0, 1.0), "multiblock blocks' time extent as a fraction range of the clip (V-JEPA: "
+        "(1, 1), every block spans the clip)")
     # --- objective and optimisation
     loss: str = key("mse", "loss on the masked tokens: mse or l1")
     batch_size: int = key(32, "clips per optimiser step over all processes (global batch)")
