@@ -9,7 +9,7 @@ import typer
 from salt_vla.cli.common import say
 
 DEMO_HELP = (
-    "The whole SALT recipe on CPU (target: 15 minutes on 2 idle cores): synthetic SSv2-style "
+    "The whole SALT recipe on CPU (about 11 minutes on 2 idle cores): synthetic SSv2-style "
     "videos -> stage-1 teacher (teacher-tiny) -> cache build -> cache verify -> stage-2 "
     "training (tiny) -> frozen-encoder probes on the held-out split for a random-init "
     "student, the teacher and the SALT student, each under V-JEPA's position-free probe and "
