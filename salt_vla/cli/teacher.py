@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -121,9 +122,7 @@ def teacher_export_cmd(
     s = res.spec
     say(f"teacher: VideoMAEv2 {s.arch}, {s.num_frames} frames x {s.img_size} px, tubelet "
         f"{s.tubelet}, patch {s.patch}; step {res.step}/{res.total_steps}")
-    say(f"weights: {res.path.resolve()}  ({'--out' if out else 'default RUN_DIR/teacher.pth'})")
-    say(f"sha256: {res.sha256}  ({res.sha_path.resolve()})")
-    say(f"next: {res.cache_command()}")
+    show_written(res, "--out" if out else "default RUN_DIR/teacher.pth", res.cache_command())
 
 
 @app.command(
@@ -131,7 +130,7 @@ def teacher_export_cmd(
     help="Convert a Hugging Face transformers VideoMAE checkpoint (a save_pretrained directory "
     "or its model.safetensors / pytorch_model.bin; VideoMAEModel, VideoMAEForVideoClassification "
     "or the encoder of VideoMAEForPreTraining) into the official VideoMAEv2 key layout that "
-    "`salt cache build --teacher-ckpt` loads: query/key/value -> attn.qkv, q_bias/v_bias kept, "
+    "`salt cache build --teacher` loads: query/key/value -> attn.qkv, q_bias/v_bias kept, "
     "the key bias dropped (softmax cancels it), a pre-training decoder dropped. Checks that the "
     "teacher loader accepts the file and records its sha256 in OUT.sha256 and the mapping in "
     "OUT.json.",
@@ -154,6 +153,11 @@ def teacher_convert_cmd(
             f"{' ...' if len(res.dropped) > 4 else ''}")
     for note in res.notes:
         say(f"note: {note}")
-    say(f"weights: {res.path.resolve()}  (--out)")
+    show_written(res, "--out", f"{res.cache_command()} --view-preset VIEW")
+
+
+def show_written(res: Any, origin: str, next_command: str) -> None:
+    """The lines both writers of a teacher file print: where it is, its sha256, what next."""
+    say(f"weights: {res.path.resolve()}  ({origin})")
     say(f"sha256: {res.sha256}  ({res.sha_path.resolve()})")
-    say(f"next: {res.cache_command()} --view-preset VIEW")
+    say(f"next: {next_command}")
