@@ -153,7 +153,7 @@ class TeacherConversion:
 
     def cache_command(self, data_root: str = "DATA_ROOT") -> str:
         """The `salt cache build` line that uses this teacher."""
-        return (f"salt cache build {data_root} --teacher-ckpt {self.path} --teacher-arch "
+        return (f"salt cache build {data_root} --teacher {self.path} --teacher-arch "
                 f"{self.spec.arch}")
 
 
@@ -218,7 +218,7 @@ def convert_hf_teacher(src: Path | str, out: Path | str) -> TeacherConversion:
     keys = list(state)
     if "patch_embed.proj.weight" in state:
         raise ConvertError(f"{weights} is already in the official VideoMAEv2 layout: pass it "
-                           "to --teacher-ckpt as it is")
+                           "to --teacher as it is")
     if not looks_like_hf_videomae(keys):
         raise ConvertError(f"{weights} is not a transformers VideoMAE checkpoint (its keys "
                            f"start with {keys[:4]})")
