@@ -336,8 +336,8 @@ class TarFrames:
     def jpegs(self, row: int) -> list[bytes]:
         """The JPEG bytes of ``row``'s frames, in frame order (its .json checked against the
         row table, when the reader has one)."""
-        members = self._members(row)
-        i = int(np.searchsorted(self.rows, row))
+        i = self._position(row)
+        members = self._members(row, i)
         if not self._json[i]:
             return members
         if self.row_table is not None:
@@ -351,11 +351,16 @@ class TarFrames:
                     f"`salt cache verify{store}`")
         return members[1:]
 
-    def _members(self, row: int) -> list[bytes]:
-        """The data of every member of ``row`` (its .json first, when it has one)."""
+    def _position(self, row: int) -> int:
+        """``row``'s place in the index (FramesIndexError when the tars do not hold it)."""
         i = int(np.searchsorted(self.rows, row))
         if i >= len(self.rows) or self.rows[i] != row:
             raise FramesIndexError(f"row {row} is not in the frames tars ({len(self)} rows)")
+        return i
+
+    def _members(self, row: int, i: int) -> list[bytes]:
+        """The data of every member of ``row``, at index place ``i`` (its .json first, when
+        it has one)."""
         start, count = int(self._start[i]), int(self._count[i])
         shard = int(self._shard[start])
         span = int(self._span[i])
