@@ -141,7 +141,7 @@ class DemoConfig:
 
 def demo_config(seed: int = 0, quick: bool = False, teacher: str = "stage1",
                 workers: int | None = None, size: str = "cpu") -> DemoConfig:
-    """The full demo (target: 15 minutes on 2 idle CPU cores), the ``quick`` smoke form (well
+    """The full demo (~11 minutes on 2 idle CPU cores), the ``quick`` smoke form (well
     under 3 minutes: a few dozen videos, a handful of steps per stage; its numbers mean
     nothing) or, with ``size="gpu"``, the same table at GPU scale (:func:`gpu_config`).
     ``seed`` seeds everything: the data, both trainings, the baseline and the probe.
